@@ -4,8 +4,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +97,33 @@ def slurm_cluster():
     if res.returncode != 0:
         pytest.fail(f"test Slurm cluster did not come up:\n{res.stdout}\n{res.stderr}")
     return {"partition": "debug", "multi": "multi"}
+
+
+@pytest.fixture
+def apptainer(tmp_path, monkeypatch):
+    """The stand-in ``apptainer`` (tests/cluster/apptainer) first on PATH, and an image file for it.
+
+    The real Apptainer cannot run on these machines (no Debian package for this release, no setuid
+    or user namespaces in CI): the stand-in records each call and runs the command natively, so
+    everything on hpcgen's side of the container path is real. Slurm jobs inherit this PATH."""
+    bin_dir = tmp_path / "standin-bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").symlink_to(ROOT / "tests" / "cluster" / "apptainer")
+    # python3 "inside the image" is this interpreter, which has hpcgen and the tests installed
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    log = tmp_path / "apptainer-calls.jsonl"
+    monkeypatch.setenv("APPTAINER_STANDIN_LOG", str(log))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = tmp_path / "images" / "hpcgen.sif"
+    image.parent.mkdir()
+    image.write_bytes(os.urandom(1 << 20))
+    labels = {"org.opencontainers.image.title": "hpcgen", "org.hpcgen.version": "0.1.0",
+              "org.hpcgen.git-commit": "0123456789abcdef"}
+    (image.parent / "hpcgen.sif.labels.json").write_text(json.dumps(labels))
+
+    def calls() -> list[dict]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    return SimpleNamespace(image=image, labels=labels, calls=calls)

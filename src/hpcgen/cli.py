@@ -76,7 +76,8 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     check_inputs(exp, graph)
     data = graph.to_dict()
     if args.sbatch:
-        from hpcgen.pipeline.executors.slurm import python_command, render_script, sbatch_parameters
+        from hpcgen.pipeline.container import python_command
+        from hpcgen.pipeline.executors.slurm import render_script, sbatch_parameters
 
         nodes = [n for n in graph.nodes.values() if n.stage.name == args.sbatch]
         if not nodes:
@@ -116,7 +117,25 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     t = data["totals"]
     out.print(f"total: {t['tasks']} task(s), at most {t['gpu_hours']:.1f} GPU-hours, "
               f"{_human_bytes(t['disk_bytes'])} of checkpoints; output root {exp.output_dir}")
+    for path, users in _profiles_in_use(exp, pipeline).items():
+        out.print(f"resource profile {path}: {', '.join(users)}", highlight=False)
+    if exp.cluster.container is not None:
+        out.print(f"container: {exp.cluster.container.image}", highlight=False)
     return 0
+
+
+def _profiles_in_use(exp: Experiment, pipeline: Pipeline) -> dict[str, list[str]]:
+    """Resource profile file -> the stages that take their resources from it."""
+    used: dict[str, list[str]] = {}
+    for stage in pipeline:
+        for run in exp.runs:
+            cfg = run.config
+            own = getattr(cfg, stage.section).resources.profile if stage.section else None
+            path = own or cfg.cluster.profile
+            if path:
+                if stage.name not in used.setdefault(path, []):
+                    used[path].append(stage.name)
+    return used
 
 
 def cmd_submit(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:

@@ -49,7 +49,9 @@ def event(kind: str, task: Task, **extra) -> None:
     if not path:
         return
     line = json.dumps({"event": kind, "task": f"{task.stage}/{task.key}/{task.index:05d}", "stage": task.stage,
-                       "t": time.time(), "pid": os.getpid(), **extra}) + "\n"
+                       "t": time.time(), "pid": os.getpid(), "rank": task.rank,
+                       "node": os.environ.get("SLURMD_NODENAME"), "container": os.environ.get("APPTAINER_CONTAINER"),
+                       "in_image": os.environ.get("HPCGEN_TEST_IN_IMAGE"), **extra}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -66,6 +68,8 @@ class Step(Stage):
     def run(self, task: Task) -> None:
         cfg = task.config[self.section]
         event("start", task)
+        if task.rank:  # the other processes of a multi-process task only say they ran
+            return
         total = cfg.value
         for ups in task.inputs.values():
             for up in ups:

@@ -12,6 +12,7 @@ import sys
 from tests.conftest import FIXTURES
 
 GOLDEN = FIXTURES / "golden" / "train_array.sbatch"
+GOLDEN_CONTAINER = FIXTURES / "golden" / "train_array_container.sbatch"
 
 
 def test_train_array_sbatch_script_is_pinned(cli, tmp_path):
@@ -45,3 +46,26 @@ arrange: {{strategy: tma}}
     assert code == 0, err
     assert "#SBATCH --array=0-9%3" in out
     assert f"apptainer exec --nv --bind /data {image} python3 -u -m submitit.core._submit" in out
+
+
+def test_container_sbatch_script_is_pinned(cli, tmp_path):
+    shutil.copy(FIXTURES / "config_with_container.yaml", tmp_path / "exp.yaml")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "hpcgen.sif").write_bytes(b"image")
+    code, out, err = cli("plan", tmp_path / "exp.yaml", "--sbatch", "train")
+    assert code == 0, err
+    script = out.replace(str(tmp_path), "<TMP>")
+    if os.environ.get("HPCGEN_UPDATE_GOLDEN"):
+        GOLDEN_CONTAINER.write_text(script)
+    assert script == GOLDEN_CONTAINER.read_text()
+    # in words: every rank (2 nodes x 8) starts its own container through srun, with the GPUs,
+    # binds and environment of the experiment file; resources from the a800x8 profile
+    assert ("srun --unbuffered --output <TMP>/out/experiments/boxed/logs/train/%j_%t_log.out "
+            "--error <TMP>/out/experiments/boxed/logs/train/%j_%t_log.err apptainer exec --nv --bind /data "
+            "--bind /scratch --env DS_ACCELERATOR=cuda --env HF_HUB_OFFLINE=1 <TMP>/images/hpcgen.sif python3 -u "
+            "-m submitit.core._submit <TMP>/out/experiments/boxed/logs/train") in script
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=lab42", "#SBATCH --exclusive",
+                 "#SBATCH --time=2880"):
+        assert line in script
+    assert sys.executable not in script, "the host's Python is not used inside the image"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections import Counter
@@ -148,3 +149,45 @@ train: {}
     final = wait_final(path)
     assert {s.state for s in final.values()} == {"done"}
     assert len(events("end")) == 5 + 1 + 1 + 1 + 1
+
+
+def test_every_job_runs_inside_the_container_multi_node_included(slurm_cluster, cli, write_exp, events, apptainer):
+    """The container path end to end on the real cluster, with the stand-in apptainer (the real
+    binary cannot run on these machines): sbatch -> srun -> `apptainer exec ... IMAGE python3` ->
+    submitit -> hpcgen, one container per rank on both emulated nodes."""
+    path = write_exp("""
+name: slurmbox
+output_dir: out
+cluster:
+  executor: slurm
+  container:
+    image: images/hpcgen.sif
+    bind: [/tmp]
+    env: {HPCGEN_TEST_IN_IMAGE: "yes"}
+train:
+  resources: {nodes: 2, tasks_per_node: 1, partition: multi}
+eval: {tasks: 2}
+""")
+    code, out, err = cli("submit", path)
+    assert code == 0, out + err
+    final = wait_final(path)
+    assert {s.state for s in final.values()} == {"done"}, final
+    started = events("start")
+    assert {e["task"] for e in started} == set(final)
+    assert all(e["container"] == str(apptainer.image) and e["in_image"] == "yes" for e in started)
+    train = [e for e in started if e["stage"] == "train"]
+    assert sorted((e["rank"], e["node"]) for e in train) == [(0, "n1"), (1, "n2")]
+    calls = apptainer.calls()
+    assert len(calls) == len(final) + 1  # the training task has two ranks, each in its own container
+    train_job = submissions(path, "train")[0].split("_")[0]
+    ranks = [c for c in calls if c["job"] == train_job]
+    assert sorted((c["procid"], c["node"]) for c in ranks) == [("0", "n1"), ("1", "n2")]
+    assert all(c["bind"] == ["/tmp"] and c["command"][0] == "python3" for c in calls)
+    digest = hashlib.sha256(apptainer.image.read_bytes()).hexdigest()
+    p = chain()
+    exp = load_experiment(path, p)
+    store = Store(exp.store)
+    for task in final:
+        stage, key, index = task.split("/")
+        box = read_json(store.marker(stage, key, int(index)))["provenance"]["container"]
+        assert (box["sha256"], box["running_in"], box["labels"]) == (digest, str(apptainer.image), apptainer.labels)

@@ -84,7 +84,7 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
                         raise ConfigError(f"{value!r} is not one of the values of its zip group",
                                           file="--set", key=key, fix="pick a value from the zip group")
         data = set_path(data, key, value)
-    runs = expand(doc, data, matrix, model, {"base_dir": str(path.resolve().parent)})
+    runs = expand(doc, data, matrix, model, {"base_dir": str(path.resolve().parent), "stages": list(pipeline.order)})
     first: Any = runs[0].config
     root = Path(first.output_dir)
     if not root.is_absolute():

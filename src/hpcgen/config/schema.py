@@ -82,6 +82,20 @@ def _input_path(value: str, info: ValidationInfo) -> str:
 
 InputPath = Annotated[str, AfterValidator(_input_path)]
 
+
+def _profile_ref(value: str, info: ValidationInfo) -> str:
+    """A resource profile: a name in jobs/profiles/ or a file; stored as the resolved file."""
+    _no_control(value)
+    from hpcgen.config import profiles
+
+    context = info.context or {}
+    path = profiles.resolve(value, context.get("base_dir"))
+    profiles.load(path, context.get("stages"))  # errors inside the profile name its own file and line
+    return str(path)
+
+
+ProfileRef = Annotated[str, AfterValidator(_profile_ref)]
+
 _DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -192,10 +206,15 @@ class Resources(Model):
     )
 
 
+class StageResources(Resources):
+    profile: ProfileRef | None = Field(
+        None, description="a profile in jobs/profiles/ (or a file) for this stage instead of cluster.profile")
+
+
 class Container(Model):
     """An Apptainer image every job's Python runs in."""
 
-    image: SafeStr
+    image: InputPath = Field(description="a .sif file; relative to the experiment file")
     bind: list[SafeStr] = Field(default_factory=list)
     env: dict[SafeStr, SafeStr] = Field(default_factory=dict)
     gpu: bool = Field(False, description="pass --nv")
@@ -211,12 +230,14 @@ class Cluster(Resources):
         None, ge=1, description="largest array to submit (default: the cluster's MaxArraySize - 1)"
     )
     container: Container | None = None
+    profile: ProfileRef | None = Field(
+        None, description="resource profile: a name in jobs/profiles/ (a800x8, h100x8, cpu) or a YAML file")
 
 
 class StageConfig(Model):
     """Base of every stage section. ``resources`` never enters a stage's key."""
 
-    resources: Resources = Field(default_factory=Resources)
+    resources: StageResources = Field(default_factory=StageResources)
 
 
 RESERVED = ("name", "output_dir", "cluster", "matrix", "include")

@@ -118,7 +118,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         attempt = uuid.uuid4().hex[:8]
         started, t0 = now(), time.monotonic()
         record = {"task": spec.id, "attempt": attempt, "state": "running", "started": started,
-                  "experiment": spec.experiment, "processes": world, **provenance()}
+                  "experiment": spec.experiment, "processes": world, **provenance(spec.extra.get("container"))}
         write_json(store.attempt(name, key, index), record)
         task = Task(stage=name, key=key, index=index, size=spec.size, dir=base, config=spec.config,
                     inputs=spec.inputs, runs=spec.runs, log=log, attempt=attempt, rank=0, world_size=world,
@@ -146,7 +146,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
             "upstream": {s: [u.key for u in ups] for s, ups in spec.inputs.items()},
             "outputs": outputs, "experiment": spec.experiment, "runs": list(spec.runs),
             "attempt": attempt, "started": started, "ended": ended, "processes": world,
-            "duration_s": round(time.monotonic() - t0, 3), "provenance": provenance(),
+            "duration_s": round(time.monotonic() - t0, 3), "provenance": provenance(spec.extra.get("container")),
         }
         write_json(store.marker(name, key, index), marker)
         record.update(state="done", ended=ended)

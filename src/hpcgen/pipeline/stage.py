@@ -112,10 +112,19 @@ class Stage:
         return 1
 
     def resources(self, cfg: SectionView, cluster: Resources) -> Resources:
+        """What one task asks for. Lowest first: these defaults, the resource profile (the
+        stage's own ``resources.profile``, else ``cluster.profile``), the ``cluster`` section,
+        the stage section's ``resources``."""
+        from hpcgen.config import profiles
+
+        fields = set(Resources.model_fields)
         merged = self.defaults.model_dump()
-        layers = [cluster.model_dump(include=set(Resources.model_fields))]
-        if self.section:
-            layers.append(cfg[self.section].resources.model_dump())
+        own = cfg[self.section].resources if self.section else None
+        profile = getattr(own, "profile", None) or getattr(cluster, "profile", None)
+        layers = [profiles.load(profile).for_stage(self.name).model_dump()] if profile else []
+        layers.append(cluster.model_dump(include=fields))
+        if own is not None:
+            layers.append(own.model_dump(include=fields))
         for layer in layers:
             for key, value in layer.items():
                 if key == "sbatch":

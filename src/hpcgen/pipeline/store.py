@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -37,8 +38,10 @@ from typing import Any
 
 PROVENANCE_PACKAGES = (
     "hpcgen", "submitit", "torch", "deepspeed", "transformers", "sentence-transformers",
-    "h5py", "numpy", "pydantic", "pyarrow", "cupy-cuda12x",
+    "h5py", "numpy", "pydantic", "pyarrow",
 )
+#: import names whose distribution name varies (cupy-cuda12x, cupy-cuda11x, cupy, ...)
+PROVENANCE_MODULES = ("cupy",)
 
 
 def now() -> str:
@@ -93,23 +96,36 @@ def package_versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    providers = metadata.packages_distributions()
+    for module in PROVENANCE_MODULES:
+        out[module] = None
+        for dist in providers.get(module, []):
+            try:
+                out[module] = metadata.version(dist)
+                out[f"{module}.distribution"] = dist
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 
 @lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any] | None:
-    """The commit of the hpcgen checkout in use, if it runs from one."""
+    """The commit of the hpcgen checkout in use, if it runs from one; inside an image built by
+    containers/*.def, the commit the image was built from (``HPCGEN_BUILD_COMMIT``)."""
     here = Path(__file__).resolve().parent
+    built = os.environ.get("HPCGEN_BUILD_COMMIT")
+    from_image = {"commit": built, "dirty": None, "source": "image build"} if built else None
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10)
         if head.returncode != 0:
-            return None
+            return from_image
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return from_image
 
 
 def scheduler_ids() -> dict[str, str]:
@@ -118,12 +134,17 @@ def scheduler_ids() -> dict[str, str]:
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
 
 
-def provenance() -> dict[str, Any]:
+def provenance(container: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and with what a task ran. ``container``: the image it was submitted to run in."""
+    from hpcgen.pipeline import container as images
+
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "python": platform.python_version(),
         "packages": package_versions(),
         "git": git_commit(),
+        "container": images.provenance(container),
         "scheduler": scheduler_ids(),
     }
 

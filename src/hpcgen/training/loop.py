@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcgen.config.profiles import jobs_dir
 from hpcgen.errors import ConfigError
 from hpcgen.training.data import Feed, batch_sizes, collate, encode
 
@@ -77,7 +78,7 @@ def lr_lambda(cfg, total_steps: int):
 def deepspeed_config(cfg, micro: int, accumulation: int, world: int, device: str) -> dict:
     preset = Path(cfg.deepspeed)
     if not preset.suffix:
-        preset = Path(__file__).resolve().parents[3] / "jobs" / "deepspeed" / f"{cfg.deepspeed}.json"
+        preset = jobs_dir() / "deepspeed" / f"{cfg.deepspeed}.json"
     try:
         ds = json.loads(preset.read_text())
     except FileNotFoundError:

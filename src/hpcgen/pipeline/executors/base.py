@@ -5,6 +5,7 @@ An executor knows tasks, arrays, resources and dependencies, nothing about stage
 
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from rich.console import Console
 
 from hpcgen.config import Experiment
 from hpcgen.config.schema import Resources
+from hpcgen.errors import ConfigError
+from hpcgen.pipeline.container import describe, python_command
 from hpcgen.pipeline.runner import TaskSpec
 from hpcgen.pipeline.store import Store
 
@@ -37,15 +40,45 @@ def thread_setup(cpus: str) -> list[str]:
 
 class Executor(ABC):
     name: str = "?"
+    #: whether tasks run in processes of their own, which can start inside ``cluster.container``
+    own_processes: bool = True
 
     def __init__(self, exp: Experiment, store: Store, console: Console) -> None:
         self.exp, self.store, self.console = exp, store, console
+        self.container: dict | None = None  # the image every task runs in, as markers record it
 
     def log_dir(self, stage: str) -> Path:
         return self.exp.dir / "logs" / stage
 
+    @property
+    def python(self) -> str | None:
+        """The command that starts a task's Python (None: this interpreter)."""
+        return python_command(self.exp.cluster.container) if self.own_processes else None
+
     def check(self) -> None:
-        """Refuse, before anything is written, what this executor cannot run (ConfigError)."""
+        """Refuse, before anything is written, what this executor cannot run (ConfigError).
+
+        A configured container image must exist; it is hashed here, once per submit."""
+        container = self.exp.cluster.container
+        if container is None:
+            return
+        if not self.own_processes:
+            self.console.print(f"[yellow]the {self.name} executor runs tasks in this process: "
+                               f"cluster.container ({container.image}) is not used[/]")
+            return
+        try:
+            self.container = describe(container)
+        except ConfigError as err:
+            raise self.exp.locate(err) from None
+        if self.container["labels"] is None and not shutil.which("apptainer"):
+            self.console.print("[yellow]'apptainer' is not on PATH here: the image's labels are read inside "
+                               "the jobs instead[/]")
+
+    def stamp(self, specs: list[TaskSpec]) -> None:
+        """Give each task the description of the image it will run in (for its marker)."""
+        if self.container is not None:
+            for spec in specs:
+                spec.extra = {**spec.extra, "container": self.container}
 
     def in_flight(self, records: dict[str, dict]) -> dict[str, str]:
         """Of these submission records (task id -> record), the ones still queued or running:

@@ -8,6 +8,7 @@ from hpcgen.pipeline.runner import run_task
 
 class DebugExecutor(Executor):
     name = "debug"
+    own_processes = False
 
     def launch(self, batches: list[Batch]) -> int:
         for batch in batches:  # batches come in topological order

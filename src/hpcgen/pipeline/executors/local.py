@@ -38,6 +38,7 @@ class LocalExecutor(Executor):
         capacity = max(1, os.cpu_count() or 1)
         specs: dict[str, tuple[TaskSpec, Batch]] = {}
         for batch in batches:
+            self.stamp(batch.specs)
             for spec in batch.specs:
                 specs[spec.id] = (spec, batch)
         waiting = list(specs)  # topological order
@@ -147,7 +148,7 @@ class LocalExecutor(Executor):
     def _start(self, spec: TaskSpec, batch: Batch, executors: dict[str, submitit.LocalExecutor]) -> submitit.Job:
         ex = executors.get(batch.stage)
         if ex is None:
-            ex = submitit.LocalExecutor(folder=self.log_dir(batch.stage))
+            ex = submitit.LocalExecutor(folder=self.log_dir(batch.stage), python=self.python)
             executors[batch.stage] = ex
         r = batch.resources
         cpus = min(max(1, os.cpu_count() or 1), r.cpus or 1)

@@ -19,7 +19,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string  # what submitit itself renders
 
-from hpcgen.config.schema import Container, Resources
+from hpcgen.config.schema import Resources
 from hpcgen.errors import ConfigError, SubmitError
 from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
 from hpcgen.pipeline.runner import TaskRunner
@@ -30,21 +30,6 @@ ACTIVE_STATES = {
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
     "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED",
 }
-
-
-def python_command(container: Container | None) -> str | None:
-    """The command that starts Python for a job: plain, or inside an Apptainer image."""
-    if container is None:
-        return None
-    parts = ["apptainer", "exec"]
-    if container.gpu:
-        parts.append("--nv")
-    for bind in container.bind:
-        parts += ["--bind", bind]
-    for key, value in sorted(container.env.items()):
-        parts += ["--env", f"{key}={value}"]
-    parts += [container.image, "python3"]
-    return shlex.join(parts)
 
 
 def sbatch_parameters(resources: Resources, *, job_name: str, dependency: list[str],
@@ -175,10 +160,7 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     def check(self) -> None:
-        container = self.exp.cluster.container
-        if container is not None and not Path(container.image).is_file():
-            raise ConfigError(f"container image {container.image!r} not found", key="cluster.container.image",
-                              file=str(self.exp.file), fix="build it (containers/README.md) or fix the path")
+        super().check()
         for tool in ("sbatch", "squeue", "sacct", "scontrol"):
             if not shutil.which(tool):
                 raise ConfigError(f"the slurm executor needs {tool!r} on PATH", key="cluster.executor",
@@ -194,7 +176,7 @@ class SlurmExecutor(Executor):
         limit = max_array_size() - 1
         if cluster.max_array_size:
             limit = min(limit, cluster.max_array_size)
-        python = python_command(cluster.container)
+        python = self.python
         array_ids: list[list[str]] = []
         n_jobs = 0
         for batch in batches:
@@ -206,6 +188,7 @@ class SlurmExecutor(Executor):
             ex.update_parameters(**sbatch_parameters(
                 batch.resources, job_name=f"{self.exp.name}.{batch.stage}", dependency=dependency,
                 signal_delay_s=cluster.signal_delay_s))
+            self.stamp(batch.specs)
             ids: list[str] = []
             for start in range(0, len(batch.specs), limit):
                 chunk = batch.specs[start:start + limit]

@@ -1,0 +1,102 @@
+"""Resource profiles: what each stage asks a given cluster for, in one file per cluster shape.
+
+An experiment names a profile once (``cluster.profile: a800x8``) and moves to another cluster by
+changing that line; a stage may name its own (``evaluate: {resources: {profile: cpu}}``). A
+profile is a YAML file::
+
+    description: 8x A800 80 GB per node
+    defaults: {partition: cpu, cpus: 4, mem: 16G, time: "4:00:00"}   # every stage
+    stages:
+      train: {partition: gpu, nodes: 2, tasks_per_node: 8, gpus: 8}  # on top of defaults
+
+A bare name is a file in ``jobs/profiles/``; anything with a ``/`` or a ``.yaml`` suffix is a path,
+relative to the experiment file. Precedence, lowest first: the stage's built-in needs, the
+profile, the ``cluster`` section, the stage section's ``resources``: what the experiment file says
+outright always wins over the profile.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+
+from hpcgen.config import yamlio
+from hpcgen.config.schema import Model, Resources, first_error, suggest
+from hpcgen.errors import ConfigError
+
+
+def jobs_dir() -> Path:
+    """Where ``jobs/`` (DeepSpeed configs, profiles) lives: the source checkout, or the copy a
+    wheel installs under ``<prefix>/share/hpcgen/jobs``. ``HPCGEN_JOBS_DIR`` overrides both."""
+    if os.environ.get("HPCGEN_JOBS_DIR"):
+        return Path(os.environ["HPCGEN_JOBS_DIR"])
+    checkout = Path(__file__).resolve().parents[3] / "jobs"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "hpcgen" / "jobs"
+
+
+def bundled() -> list[str]:
+    folder = jobs_dir() / "profiles"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+class Profile(Model):
+    description: str = ""
+    defaults: Resources = Field(default_factory=Resources, description="every stage")
+    stages: dict[str, Resources] = Field(default_factory=dict, description="per stage, over defaults")
+
+    def for_stage(self, stage: str) -> Resources:
+        merged = self.defaults.model_dump()
+        extra = self.stages.get(stage)
+        if extra is not None:
+            for key, value in extra.model_dump().items():
+                if key == "sbatch":
+                    merged["sbatch"] = {**merged["sbatch"], **value}
+                elif value is not None:
+                    merged[key] = value
+        return Resources(**merged)
+
+
+def resolve(ref: str, base_dir: str | None) -> Path:
+    """The file a profile reference names; ValueError (with the choices) if there is none."""
+    if "/" in ref or ref.endswith((".yaml", ".yml")):
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and base_dir:
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise ValueError(f"profile file {str(path)!r} not found (paths are relative to the experiment file)")
+        return path.resolve()
+    path = jobs_dir() / "profiles" / f"{ref}.yaml"
+    if not path.is_file():
+        names = bundled()
+        hint = suggest(ref, names) or (f"bundled: {', '.join(names)}" if names else "no profiles are bundled")
+        raise ValueError(f"no profile {ref!r} in {jobs_dir() / 'profiles'} ({hint}; or give a path to a file)")
+    return path.resolve()
+
+
+def load(path: str | Path, stages: list[str] | None = None) -> Profile:
+    """A validated profile; errors name the profile file and line."""
+    path = Path(path)
+    st = path.stat()
+    return _load(str(path), st.st_mtime_ns, st.st_size, tuple(stages) if stages else None)
+
+
+@lru_cache(maxsize=64)
+def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None) -> Profile:
+    doc = yamlio.load(path)
+    try:
+        profile = Profile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise first_error(exc, Profile, doc.where) from None
+    if stages is not None:
+        for name in profile.stages:
+            if name not in stages:
+                file, line = doc.where(("stages", name))
+                raise ConfigError(f"no stage {name!r} in this pipeline", file=file, line=line,
+                                  key=f"stages.{name}", fix=suggest(name, list(stages)) or "remove it")
+    return profile
