@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -31,13 +32,29 @@ from hpcgen.errors import ConfigError
 
 def jobs_dir() -> Path:
     """Where ``jobs/`` (DeepSpeed configs, profiles) lives: the source checkout, or the copy a
-    wheel installs under ``<prefix>/share/hpcgen/jobs``. ``HPCGEN_JOBS_DIR`` overrides both."""
+    wheel installs under ``<scheme data>/share/hpcgen/jobs``. ``HPCGEN_JOBS_DIR`` overrides both."""
     if os.environ.get("HPCGEN_JOBS_DIR"):
         return Path(os.environ["HPCGEN_JOBS_DIR"])
     checkout = Path(__file__).resolve().parents[3] / "jobs"
     if checkout.is_dir():
         return checkout
-    return Path(sys.prefix) / "share" / "hpcgen" / "jobs"
+    return _installed_jobs() or Path(sys.prefix) / "share" / "hpcgen" / "jobs"
+
+
+@lru_cache(maxsize=1)
+def _installed_jobs() -> Path | None:
+    # The install's own record says where the data files went (/usr/local/share on Debian's
+    # Python, <venv>/share in a virtual environment, ...).
+    try:
+        files = metadata.distribution("hpcgen").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    marker = "share/hpcgen/jobs/"
+    for f in files:
+        text = f.as_posix()
+        if marker in text:
+            return Path(f.locate()).resolve().parents[len(text.split(marker, 1)[1].split("/")) - 1]
+    return None
 
 
 def bundled() -> list[str]:
