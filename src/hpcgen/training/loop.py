@@ -95,6 +95,21 @@ def deepspeed_config(cfg, micro: int, accumulation: int, world: int, device: str
     return ds
 
 
+def make_optimizer(model, cfg, ds_config: dict):
+    """AdamW. When ZeRO keeps the optimizer state off the GPU (the *-offload presets) the step runs
+    on the CPU, and DeepSpeed requires its own vectorised CPU Adam for that (same update rule in
+    AdamW mode; a pre-built op in the images, compiled at first use elsewhere)."""
+    import torch
+
+    offload = (ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if offload in ("cpu", "nvme"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(model.parameters(), adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
 def save_snapshot(engine, tokenizer, folder: Path, step: int, info: dict, rank: int) -> None:
     """Consolidated weights (gathered under ZeRO-3) as safetensors, loadable with from_pretrained."""
     import deepspeed
@@ -260,10 +275,9 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
 
     # model, optimizer, schedule, DeepSpeed
     model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, feed.steps))
     ds_config = deepspeed_config(cfg, cfg.micro_batch, accumulation, world, device)
+    optimizer = make_optimizer(model, cfg, ds_config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, feed.steps))
     try:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
