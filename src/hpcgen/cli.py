@@ -283,7 +283,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=0, help="only the last N lines of each log")
     common(p, file_positional=False)
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("doctor", help="what this node or image can run: GPUs, CUDA, CuPy, DeepSpeed ops, Slurm")
+    p.add_argument("--require-gpu", action="store_true", help="fail unless a GPU works (bf16, CuPy)")
+    p.add_argument("--require-cuda-build", action="store_true", help="fail unless torch is a CUDA build")
+    p.add_argument("--require-ops", metavar="OP,OP", default="",
+                   help="fail unless these DeepSpeed ops are pre-built (e.g. fused_adam,cpu_adam,utils)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def cmd_doctor(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
+    from hpcgen import doctor
+
+    info = doctor.collect()
+    missing = doctor.problems(info, gpu=args.require_gpu, cuda_build=args.require_cuda_build,
+                              ops=tuple(op for op in args.require_ops.split(",") if op.strip()))
+    if args.json:
+        print(json.dumps({**info, "problems": missing}, indent=1, default=str))
+    else:
+        for line in doctor.render(info):
+            out.print(line, highlight=False)
+    for problem in missing:
+        print(f"missing: {problem}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
