@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,24 @@ def test_the_stand_in_refuses_what_real_apptainer_would(apptainer, tmp_path):
                           "echo $A $APPTAINER_NAME"], capture_output=True, text=True)
     assert res.stdout.split() == ["1", "hpcgen.sif"]
     assert Counter(c["image"] for c in apptainer.calls()) == Counter({str(apptainer.image): 1})
+
+
+def test_bind_paths_decide_what_the_image_sees(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    box = Container(image="x.sif", bind=["/data:/mnt/data:ro,/scratch", "~/models"])
+    assert images.visible_inside(tmp_path / "out", box)  # the working directory is bound by default
+    assert images.visible_inside(Path("/data/run1"), box) and images.visible_inside(Path("/scratch"), box)
+    assert images.visible_inside(Path.home() / "models" / "m", box)
+    assert not images.visible_inside(Path("/datasets/run1"), box) and not images.visible_inside(Path("/srv"), box)
+
+
+def test_submit_warns_when_the_output_root_is_not_bound(cli, write_exp, apptainer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outside = "/var/tmp/hpcgen-unbound-out"
+    path = write_exp(EXP.format(executor="local", image="images/hpcgen.sif").replace("output_dir: out",
+                                                                                     f"output_dir: {outside}"))
+    code, out, err = cli("submit", path, "--dry-run")
+    assert code == 0, out + err
+    assert f"the output root {outside} is outside every bind path" in out + err
+    code, out, err = cli("submit", write_exp(EXP.format(executor="local", image="images/hpcgen.sif")), "--dry-run")
+    assert code == 0 and "outside every bind path" not in out + err

@@ -44,6 +44,19 @@ def python_command(container: Container | None) -> str | None:
     return shlex.join(parts)
 
 
+def visible_inside(path: Path, container: Container) -> bool:
+    """Whether ``path`` is under a directory the image sees: a bind source, or what Apptainer
+    binds by default ($HOME, /tmp, the working directory). Site-wide binds are not known here."""
+    roots = [Path.home(), Path("/tmp"), Path.cwd()]
+    for spec in container.bind:
+        for one in spec.split(","):
+            source = one.split(":", 1)[0].strip()
+            if source:
+                roots.append(Path(source).expanduser())
+    target = Path(os.path.realpath(path))
+    return any(target == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in target.parents for r in roots)
+
+
 def _cache_file() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "hpcgen" / "image-digests.json"

@@ -15,7 +15,7 @@ from rich.console import Console
 from hpcgen.config import Experiment
 from hpcgen.config.schema import Resources
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.container import describe, python_command
+from hpcgen.pipeline.container import describe, python_command, visible_inside
 from hpcgen.pipeline.runner import TaskSpec
 from hpcgen.pipeline.store import Store
 
@@ -70,6 +70,10 @@ class Executor(ABC):
             self.container = describe(container)
         except ConfigError as err:
             raise self.exp.locate(err) from None
+        if not visible_inside(self.exp.output_dir, container):
+            self.console.print(f"[yellow]the output root {self.exp.output_dir} is outside every bind path of "
+                               "cluster.container (and $HOME, /tmp, the working directory): unless the site binds "
+                               "it, jobs cannot write there; add it to cluster.container.bind[/]")
         if self.container["labels"] is None and not shutil.which("apptainer"):
             self.console.print("[yellow]'apptainer' is not on PATH here: the image's labels are read inside "
                                "the jobs instead[/]")
