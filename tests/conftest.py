@@ -103,8 +103,8 @@ def slurm_cluster():
 def apptainer(tmp_path, monkeypatch):
     """The stand-in ``apptainer`` (tests/cluster/apptainer) first on PATH, and an image file for it.
 
-    The real Apptainer cannot run on these machines (no Debian package for this release, no setuid
-    or user namespaces in CI): the stand-in records each call and runs the command natively, so
+    The real Apptainer cannot run on these machines (no Debian package of it for this release):
+    the stand-in records each call and runs the command natively, so
     everything on hpcgen's side of the container path is real. Slurm jobs inherit this PATH."""
     bin_dir = tmp_path / "standin-bin"
     bin_dir.mkdir()
