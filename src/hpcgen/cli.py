@@ -126,12 +126,13 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
 
 def _profiles_in_use(exp: Experiment, pipeline: Pipeline) -> dict[str, list[str]]:
     """Resource profile file -> the stages that take their resources from it."""
+    from hpcgen.config.profiles import chosen
+
     used: dict[str, list[str]] = {}
     for stage in pipeline:
         for run in exp.runs:
             cfg = run.config
-            own = getattr(cfg, stage.section).resources.profile if stage.section else None
-            path = own or cfg.cluster.profile
+            path = chosen(getattr(cfg, stage.section).resources if stage.section else None, cfg.cluster)
             if path:
                 if stage.name not in used.setdefault(path, []):
                     used[path].append(stage.name)

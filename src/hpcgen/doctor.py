@@ -3,7 +3,8 @@ what a job needs. The image recipes run it as their ``%test``; on a new cluster 
 node and, through the image, on a compute node.
 
 Requirements given as flags turn into the exit code: 0 when all hold, 1 otherwise, with one line
-per missing piece. Without flags it only reports.
+per missing piece. Without flags it fails only on a broken install (torch missing, or no bundled
+resource profiles where hpcgen looks for them).
 """
 
 from __future__ import annotations

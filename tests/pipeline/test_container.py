@@ -195,3 +195,15 @@ def test_submit_warns_when_the_output_root_is_not_bound(cli, write_exp, apptaine
     assert f"the output root {outside} is outside every bind path" in out + err
     code, out, err = cli("submit", write_exp(EXP.format(executor="local", image="images/hpcgen.sif")), "--dry-run")
     assert code == 0 and "outside every bind path" not in out + err
+
+
+def test_image_paths_are_relative_to_the_experiment_file_or_home(write_exp, apptainer, pipeline, tmp_path,
+                                                                   monkeypatch):
+    from hpcgen.config import load_experiment
+
+    monkeypatch.chdir("/")
+    exp = load_experiment(write_exp(EXP.format(executor="local", image="images/hpcgen.sif")), pipeline)
+    assert exp.cluster.container.image == str(apptainer.image)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    exp = load_experiment(write_exp(EXP.format(executor="local", image="~/images/hpcgen.sif")), pipeline)
+    assert exp.cluster.container.image == str(apptainer.image)

@@ -26,7 +26,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from hpcgen.config import yamlio
-from hpcgen.config.schema import Model, Resources, first_error, suggest
+from hpcgen.config.schema import Model, Resources, first_error, layered, suggest
 from hpcgen.errors import ConfigError
 
 
@@ -68,15 +68,12 @@ class Profile(Model):
     stages: dict[str, Resources] = Field(default_factory=dict, description="per stage, over defaults")
 
     def for_stage(self, stage: str) -> Resources:
-        merged = self.defaults.model_dump()
-        extra = self.stages.get(stage)
-        if extra is not None:
-            for key, value in extra.model_dump().items():
-                if key == "sbatch":
-                    merged["sbatch"] = {**merged["sbatch"], **value}
-                elif value is not None:
-                    merged[key] = value
-        return Resources(**merged)
+        return layered(self.defaults, self.stages.get(stage))
+
+
+def chosen(own: Resources | None, cluster: Resources) -> str | None:
+    """The profile file a stage takes its resources from: its own, else the cluster's."""
+    return getattr(own, "profile", None) or getattr(cluster, "profile", None)
 
 
 def resolve(ref: str, base_dir: str | None) -> Path:

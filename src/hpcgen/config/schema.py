@@ -77,7 +77,8 @@ def _input_path(value: str, info: ValidationInfo) -> str:
         return value
     from pathlib import Path
 
-    return str((Path(base) / value).resolve())
+    path = Path(value).expanduser()  # "~/data" is the user's, not a folder named "~"
+    return str(path if path.is_absolute() else (Path(base) / path).resolve())
 
 
 InputPath = Annotated[str, AfterValidator(_input_path)]
@@ -204,6 +205,23 @@ class Resources(Model):
     sbatch: dict[SbatchKey, SbatchValue] = Field(
         default_factory=dict, description="extra sbatch options, e.g. {constraint: a100}"
     )
+
+
+def layered(base: Resources, *layers: BaseModel | None) -> Resources:
+    """``base`` with the values each layer sets on top, lowest first. Layers may be any model
+    with Resources' fields (the cluster section, a stage's resources); ``sbatch`` options merge
+    key by key."""
+    merged = base.model_dump()
+    fields = set(Resources.model_fields)
+    for layer in layers:
+        if layer is None:
+            continue
+        for key, value in layer.model_dump(include=fields).items():
+            if key == "sbatch":
+                merged["sbatch"] = {**merged["sbatch"], **value}
+            elif value is not None:
+                merged[key] = value
+    return Resources(**merged)
 
 
 class StageResources(Resources):

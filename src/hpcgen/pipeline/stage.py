@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from hpcgen.config.schema import Resources, StageConfig
+from hpcgen.config.schema import Resources, StageConfig, layered
 
 
 class SectionView:
@@ -117,21 +117,9 @@ class Stage:
         the stage section's ``resources``."""
         from hpcgen.config import profiles
 
-        fields = set(Resources.model_fields)
-        merged = self.defaults.model_dump()
         own = cfg[self.section].resources if self.section else None
-        profile = getattr(own, "profile", None) or getattr(cluster, "profile", None)
-        layers = [profiles.load(profile).for_stage(self.name).model_dump()] if profile else []
-        layers.append(cluster.model_dump(include=fields))
-        if own is not None:
-            layers.append(own.model_dump(include=fields))
-        for layer in layers:
-            for key, value in layer.items():
-                if key == "sbatch":
-                    merged["sbatch"] = {**merged.get("sbatch", {}), **value}
-                elif value is not None:
-                    merged[key] = value
-        return Resources(**merged)
+        profile = profiles.chosen(own, cluster)
+        return layered(self.defaults, profiles.load(profile).for_stage(self.name) if profile else None, cluster, own)
 
     def estimate(self, cfg: SectionView, size: int, upstream: dict[str, list[Any]] | None = None) -> Estimate:
         """What ``plan`` adds up for this node (GPU-hours, checkpoint disk, records it holds)."""
