@@ -107,8 +107,12 @@ def test_within_round_by_distance_and_tma_mix():
     half = arrange(d, strategy="tma_mix", budget=11, mix="half").order
     assert half.tolist() == nft[:6].tolist() + nft[-5:].tolist()
     mn = arrange(d, strategy="tma_mix", budget=10, mix="min").order
-    wsd = d.min(1) + d.mean(1)
-    assert set(mn.tolist()) == set(np.argsort(wsd, kind="stable")[:10].tolist())
+    wsd = d.astype(np.float64).min(1) + d.astype(np.float64).mean(1)
+    kth = np.sort(wsd)[9]
+    chosen = np.zeros(len(d), dtype=bool)
+    chosen[mn] = True
+    # the ten smallest keys, up to rounding: a row near the cut may fall either side of it
+    assert len(mn) == 10 and (wsd[chosen] <= kth + 1e-6).all() and (wsd[~chosen] >= kth - 1e-6).all()
     assert [r for r in nft if r in set(mn.tolist())] == mn.tolist()  # kept in TMA order
 
 

@@ -172,6 +172,10 @@ eval: {tasks: 2}
     assert code == 0, out + err
     final = wait_final(path)
     assert {s.state for s in final.values()} == {"done"}, final
+    # Rank 0 writes the marker when its own part is done; rank 1 of the same job may still be
+    # starting (its container, its imports) at that moment: wait for what is checked, both ranks.
+    wait_for(lambda: len([e for e in events("start") if e["stage"] == "train"]) >= 2, timeout=120,
+             what="both training ranks to report their start")
     started = events("start")
     assert {e["task"] for e in started} == set(final)
     assert all(e["container"] == str(apptainer.image) and e["in_image"] == "yes" for e in started)

@@ -82,6 +82,10 @@ def test_shards_join_and_carry_their_provenance(computed):
 
 
 def test_stored_matrices_aggregates_and_topk_match_float64(computed):
+    """The stored values agree with float64 within float32 accuracy; the top-k is exact with
+    respect to the distances the stage computed (the stored float32 matrix), ties by row index.
+    Which of two near-tied rows (equal in float64 up to rounding) comes first depends on the BLAS
+    kernel's rounding, so the order is checked against the stored matrix, not against float64."""
     _, _, embed_dir, sim_dir = computed
     emb = EmbeddingSet(embed_dir, 3)
     train = emb.train(0, emb.n_train).astype(np.float64)
@@ -89,7 +93,9 @@ def test_stored_matrices_aggregates_and_topk_match_float64(computed):
     cos = -(train @ test.T)
     euc = np.sqrt(((train[:, None] - test[None]) ** 2).sum(-1))
     with h5py.File(sim_dir / "distances.h5") as f:
-        assert np.abs(f["cosine"][:] - cos).max() < 1e-5
+        stored = f["cosine"][:]
+        assert stored.dtype == np.float32
+        assert np.abs(stored - cos).max() < 1e-5
         assert np.abs(f["euclidean"][:] - euc).max() < 1e-5
     assert np.abs(read_aggregate(sim_dir, 2, "cosine", "min") - cos.min(1)).max() < 1e-5
     assert np.abs(read_aggregate(sim_dir, 2, "euclidean", "avg") - euc.mean(1)).max() < 1e-5
@@ -97,8 +103,18 @@ def test_stored_matrices_aggregates_and_topk_match_float64(computed):
     ref = -(train @ centroid) / np.linalg.norm(centroid)
     assert np.abs(read_aggregate(sim_dir, 2, "cosine", "centroid") - ref).max() < 1e-5
     index, dist = merge_topk(sim_dir, 2, "cosine")
-    expected = np.stack([np.lexsort((np.arange(len(cos)), cos[:, c]))[:5] for c in range(cos.shape[1])], axis=1)
-    assert (index == expected).all() and np.abs(dist - np.take_along_axis(cos, expected, 0)).max() < 1e-5
+    k = index.shape[0]
+    rows = np.arange(len(stored))
+    expected = np.stack([np.lexsort((rows, stored[:, c]))[:k] for c in range(stored.shape[1])], axis=1)
+    assert (index == expected).all()
+    assert np.array_equal(dist, np.take_along_axis(stored, expected, 0))
+    # and against float64: the k-th distance is the float64 k-th within rounding, and no row left
+    # out is closer than the kept ones by more than rounding
+    kth64 = np.sort(cos, axis=0)[k - 1]
+    assert np.abs(dist[-1] - kth64).max() < 1e-5
+    left_out = np.ones_like(cos, dtype=bool)
+    np.put_along_axis(left_out, index, False, axis=0)
+    assert (np.where(left_out, cos, np.inf).min(0) >= dist[-1] - 1e-5).all()
 
 
 def test_missing_model_path_is_exit_2_at_submit(tmp_path, capsys):
