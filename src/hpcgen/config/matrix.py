@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hpcgen.config.schema import check_path, first_error
+from hpcgen.config.schema import STRAY_ERRORS, check_path, validate
 from hpcgen.config.yamlio import Document, KeyPath, dotted
 from hpcgen.errors import ConfigError
 
@@ -290,15 +290,12 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
         return doc.where(loc)
 
     def validate_whole(data: dict[str, Any]) -> BaseModel:
-        try:
-            return model.model_validate(data, context=context)
-        except ValidationError as exc:
-            raise first_error(exc, model, where) from None
+        return validate(model, data, where, context)
 
     # Validate the base once and each distinct varied section once; runs share the objects.
     try:
         base_model: BaseModel | None = model.model_validate(base, context=context)
-    except ValidationError:
+    except (ValidationError, *STRAY_ERRORS):
         base_model = None  # e.g. a required key given only by an axis: validate runs whole
     sections: dict[tuple[Any, ...], Any] = {}
     section_json = SectionJSON()
@@ -330,7 +327,7 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
                     field = model.model_fields[section].annotation
                     try:
                         sections[cache_key] = field.model_validate(data.get(section, {}), context=context)
-                    except (ValidationError, AttributeError):
+                    except (ValidationError, *STRAY_ERRORS):
                         validate_whole(data)  # raises the error with its file, line and key
                         raise
                 updates[section] = sections[cache_key]

@@ -23,10 +23,10 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from hpcgen.config import yamlio
-from hpcgen.config.schema import Model, Resources, first_error, layered, suggest
+from hpcgen.config.schema import Model, Resources, layered, suggest, validate
 from hpcgen.errors import ConfigError
 
 
@@ -103,10 +103,7 @@ def load(path: str | Path, stages: list[str] | None = None) -> Profile:
 @lru_cache(maxsize=64)
 def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None) -> Profile:
     doc = yamlio.load(path)
-    try:
-        profile = Profile.model_validate(doc.data)
-    except ValidationError as exc:
-        raise first_error(exc, Profile, doc.where) from None
+    profile = validate(Profile, doc.data, doc.where)
     if stages is not None:
         for name in profile.stages:
             if name not in stages:

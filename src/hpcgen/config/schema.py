@@ -382,3 +382,40 @@ def first_error(exc: ValidationError, model: type[BaseModel], where) -> ConfigEr
     got = err.get("input")
     suffix = "" if isinstance(got, dict) else f" (got {_value_repr(got)})"
     return ConfigError(f"{msg}{suffix}", file=file, line=line, key=key, fix=None)
+
+
+#: what a validator written against well-typed input raises on input of another type; pydantic
+#: turns only ValueError and AssertionError into its errors and lets these through
+STRAY_ERRORS = (TypeError, KeyError, AttributeError, IndexError, OverflowError)
+
+
+def validate(model: type[BaseModel], data: Any, where, context: dict[str, Any] | None = None) -> BaseModel:
+    """``model.model_validate`` whose every failure is a one-line ConfigError located by ``where``.
+
+    A value of an unexpected type that slips past a field's check into a validator (a mapping
+    where a name was expected, say) ends as ``TypeError`` inside pydantic: it is reported at the
+    deepest section that still fails on it, never as a traceback."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise first_error(exc, model, where) from None
+    except STRAY_ERRORS as exc:
+        raise _stray(model, data, where, context, exc, ()) from None
+
+
+def _stray(model: type[BaseModel], data: Any, where, context, exc: BaseException, loc: tuple) -> ConfigError:
+    if isinstance(data, dict):
+        for name, value in data.items():
+            field = model.model_fields.get(name) if isinstance(name, str) else None
+            sub = field.annotation if field is not None else None
+            if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+                continue
+            try:
+                sub.model_validate(value, context=context)
+            except STRAY_ERRORS as inner:
+                return _stray(sub, value, where, context, inner, loc + (name,))
+            except ValidationError:
+                continue
+    file, line = where(loc)
+    return ConfigError(f"a value of an unexpected type ({type(exc).__name__}: {exc})", file=file, line=line,
+                       key=".".join(map(str, loc)) or None, fix="check the types of this section's values")

@@ -74,10 +74,11 @@ class TrainConfig(StageConfig):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data):
-        if isinstance(data, dict) and data.get("preset", "none") != "none":
-            preset = PRESETS.get(data["preset"])
-            if preset is not None:
-                return {**preset, **data}
+        # runs before validation, on whatever the file holds: only a known name selects a preset;
+        # anything else is left for the field's own check to refuse with its line
+        name = data.get("preset") if isinstance(data, dict) else None
+        if isinstance(name, str) and name in PRESETS:
+            return {**PRESETS[name], **data}
         return data
 
     @model_validator(mode="after")
