@@ -3,7 +3,8 @@
 prepare -> embed[shards] -> similarity[blocks] -> arrange -> train -> evaluate[checkpoints] -> aggregate
 ``arrange`` skips embed/similarity when its strategy needs no embeddings, as the real one must.
 Every task does small real work: it sums its config value and its upstream outputs into
-``out-NNNNN.json``, and appends what it did to the events file ``$HPCGEN_TEST_EVENTS`` (one JSON
+``out-NNNNN.json``, counts its attempts in its work directory (the resumable state a requeued
+task finds again), and appends what it did to the events file ``$HPCGEN_TEST_EVENTS`` (one JSON
 line per start and end), so tests can check order, overlap and how often each task ran.
 """
 
@@ -67,7 +68,11 @@ class Step(Stage):
 
     def run(self, task: Task) -> None:
         cfg = task.config[self.section]
-        event("start", task)
+        # resumable state, as training keeps: how many attempts this task's work directory has seen
+        progress = task.work_dir / f"attempts-rank{task.rank}"
+        earlier = int(progress.read_text()) if progress.exists() else 0
+        progress.write_text(str(earlier + 1))
+        event("start", task, earlier_attempts=earlier)
         if task.rank:  # the other processes of a multi-process task only say they ran
             return
         total = cfg.value
@@ -82,7 +87,8 @@ class Step(Stage):
             deadline = time.monotonic() + cfg.sleep
             while time.monotonic() < deadline:
                 time.sleep(0.05)
-            if cfg.fail and (cfg.fail_index is None or cfg.fail_index == task.index):
+            if (cfg.fail and (cfg.fail_index is None or cfg.fail_index == task.index)
+                    or os.environ.get("HPCGEN_TEST_FAIL_STAGE") == task.stage):  # a failure outside the key
                 event("fail", task)
                 raise RuntimeError(f"planned failure in {task.stage}[{task.index}]")
             fh.write(f"{total}, \"index\": {task.index}}}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
+
+import pytest
 
 from hpcgen.config import load_experiment
 from hpcgen.pipeline.graph import build_graph
@@ -78,11 +81,47 @@ def test_resubmit_skips_complete_and_force_recomputes_downstream(cli, write_exp,
     code, out, _ = cli("submit", path, "--executor", "debug")
     assert code == 0 and "0 to run" in out.replace("\n", " ")
     assert len(events("start")) == first
+    code, out, _ = cli("submit", path, "--executor", "debug", "--force", "train", "--dry-run")
+    assert code == 0 and "6 complete, 0 already queued, 7 would run" in out.replace("\n", " ")
+    assert len(events("start")) == first  # counted, nothing run or reset
+    assert all(p.is_file() for p in (tmp_path / "out" / "store" / "train").glob("*/completions/*.json"))
     code, out, _ = cli("submit", path, "--executor", "debug", "--force", "train")
     assert code == 0
-    rerun = Counter(e["stage"] for e in events("start")[first:])
-    assert rerun == {"train": 2, "evaluate": 4, "aggregate": 1}
+    rerun = events("start")[first:]
+    assert Counter(e["stage"] for e in rerun) == {"train": 2, "evaluate": 4, "aggregate": 1}
+    # a forced task starts from nothing: its old work directory (resumable state) is gone
+    assert {e["earlier_attempts"] for e in rerun} == {0}
+    assert not list((tmp_path / "out" / "store" / "train").glob("*/.tmp.*"))
     assert final_total(tmp_path) == expected_total()
+
+
+def test_a_failed_task_resumes_from_its_work_directory_unless_forced(cli, write_exp, events, monkeypatch):
+    path = write_exp("name: resume\noutput_dir: out\n")
+    monkeypatch.setenv("HPCGEN_TEST_FAIL_STAGE", "train")
+    assert cli("submit", path, "--executor", "local")[0] == 1
+    monkeypatch.delenv("HPCGEN_TEST_FAIL_STAGE")
+    assert cli("submit", path, "--executor", "local")[0] == 0
+    train = [e["earlier_attempts"] for e in events("start") if e["stage"] == "train"]
+    assert train == [0, 1]  # the second attempt found the first one's state
+    assert cli("submit", path, "--executor", "local", "--force", "train")[0] == 0
+    train = [e["earlier_attempts"] for e in events("start") if e["stage"] == "train"]
+    assert train == [0, 1, 0]
+
+
+def test_force_leaves_a_running_task_alone(cli, write_exp, tmp_path):
+    from hpcgen.pipeline.store import Store, file_lock
+
+    path = write_exp("name: busy\noutput_dir: out\n")
+    assert cli("submit", path, "--executor", "debug")[0] == 0
+    store = Store(tmp_path / "out" / "store")
+    [train_dir] = list((store.root / "train").iterdir())
+    work = store.work_dir("train", train_dir.name, 0)
+    assert work.is_dir()
+    with file_lock(store.lock("train", train_dir.name, 0)):  # as a running task holds it
+        assert store.reset("train", train_dir.name, 0) is False
+        assert work.is_dir() and store.is_complete("train", train_dir.name, 0)
+    assert store.reset("train", train_dir.name, 0) is True
+    assert not work.exists() and not store.is_complete("train", train_dir.name, 0)
 
 
 def test_dry_run_writes_nothing(cli, write_exp, events, tmp_path):
@@ -129,3 +168,35 @@ def test_concurrent_submits_do_the_work_once(write_exp, events, tmp_path):
     assert counts and max(counts.values()) == 1, counts
     assert len(counts) == 13
     assert final_total(tmp_path) == expected_total()
+
+
+def test_auto_refuses_when_sbatch_is_there_but_no_controller_answers(cli, write_exp, tmp_path, monkeypatch):
+    """The real Slurm client commands, pointed at a controller address where nothing listens (as
+    on a login node whose controller is down): ``auto`` must not quietly run the study locally."""
+    if not shutil.which("sbatch"):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but the Slurm client is not installed (tests/setup.sh installs it)")
+        pytest.skip("the Slurm client is not installed")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6899\nAuthType=auth/munge\n"
+                    "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=localhost Default=YES\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    path = write_exp("name: login\noutput_dir: out\ncluster: {executor: auto}\n")
+    for args in (("--dry-run",), ()):
+        code, out, err = cli("submit", path, *args)
+        assert code == 2, out + err
+        [line] = err.strip().splitlines()
+        assert "cluster.executor: executor auto: sbatch is on PATH but no Slurm controller answers" in line
+        assert "pass --executor local to run on this machine" in line
+    assert not (tmp_path / "out").exists()
+    code, out, _ = cli("submit", path, "--dry-run", "--executor", "local")
+    assert code == 0 and "(local executor)" in out
+
+
+def test_auto_runs_locally_where_there_is_no_slurm(cli, write_exp, tmp_path, monkeypatch):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    path = write_exp("name: laptop\noutput_dir: out\ncluster: {executor: auto}\n")
+    code, out, _ = cli("submit", path, "--dry-run")
+    assert code == 0 and "(local executor)" in out

@@ -171,7 +171,9 @@ class Task:
     def work_dir(self) -> Path:
         """A directory that survives failed and requeued attempts (resumable state lives here).
         Unlike outputs it is not checksummed, and nothing in it counts as complete by itself."""
-        path = self.dir / f"work-{self.index:05d}"
+        from hpcgen.pipeline.store import work_name
+
+        path = self.dir / work_name(self.index)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

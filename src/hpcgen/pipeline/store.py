@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -195,10 +196,32 @@ class Store:
             return set()
         return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
 
+    def work_dir(self, stage: str, key: str, index: int) -> Path:
+        """Where task ``index`` keeps state across attempts (resumable checkpoints, snapshots)."""
+        return self.node_dir(stage, key) / work_name(index)
+
     def invalidate(self, stage: str, key: str, index: int) -> None:
-        """Forget that a task is complete (``--force``); its outputs are replaced when it reruns."""
+        """Forget that a task is complete; its outputs are replaced when it reruns."""
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.marker(stage, key, index))
+
+    def reset(self, stage: str, key: str, index: int) -> bool:
+        """Make a task start from nothing (``--force``): forget its completion and set aside its
+        work directory, so that a rerun resumes from no old checkpoint. Returns False, touching
+        nothing, while the task is running (its lock is held)."""
+        base = self.node_dir(stage, key)
+        with file_lock(self.lock(stage, key, index), blocking=False) as held:
+            if not held:
+                return False
+            self.invalidate(stage, key, index)
+            work = self.work_dir(stage, key, index)
+            trash = base / f".tmp.{index:05d}.forced-{uuid.uuid4().hex[:8]}.{work.name}"
+            try:
+                os.replace(work, trash)  # atomic: the work directory is whole or gone
+            except FileNotFoundError:
+                return True
+        shutil.rmtree(trash, ignore_errors=True)  # what is left is removed by the next start (clean_staging)
+        return True
 
     def clean_staging(self, stage: str, key: str, index: int) -> None:
         """Remove what an interrupted attempt of this task left under temporary names."""
@@ -209,6 +232,10 @@ class Store:
                 if name.startswith(prefix):
                     path = base / name
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def work_name(index: int) -> str:
+    return f"work-{index:05d}"
 
 
 @contextlib.contextmanager

@@ -19,17 +19,30 @@ from hpcgen.pipeline.store import Store, file_lock, lock_holder, read_json, writ
 
 
 def resolve_executor(name: str) -> str:
-    """``auto``: Slurm when ``sbatch`` is on PATH and a controller answers, else local."""
+    """``auto``: Slurm where ``sbatch`` is on PATH, else local. Where ``sbatch`` is there but no
+    controller answers (a login node whose controller is down or unreachable), refuse: running
+    a whole study on a login node is never what ``auto`` should mean."""
     if name != "auto":
         return name
-    if shutil.which("sbatch") and shutil.which("scontrol"):
+    if not shutil.which("sbatch"):
+        return "local"
+    reason = None
+    if not shutil.which("scontrol"):
+        reason = "scontrol is not, so the controller cannot be asked"
+    else:
         try:
             ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
             if ping.returncode == 0 and "UP" in ping.stdout:
                 return "slurm"
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return "local"
+            said = (ping.stdout + ping.stderr).strip().splitlines()
+            reason = f"no Slurm controller answers (scontrol ping: {said[0] if said else f'exit {ping.returncode}'})"
+        except subprocess.TimeoutExpired:
+            reason = "no Slurm controller answers (scontrol ping timed out after 15 s)"
+        except OSError as exc:
+            reason = f"scontrol could not run ({exc})"
+    raise ConfigError(f"executor auto: sbatch is on PATH but {reason}", key="cluster.executor",
+                      fix="pass --executor local to run on this machine, or --executor slurm once the "
+                          "controller answers")
 
 
 def make_executor(name: str, exp: Experiment, store: Store, console: Console) -> Executor:
@@ -78,12 +91,14 @@ class Todo:
     in_flight: dict[str, str]  # task id -> job id, left alone
 
 
-def survey(graph: Graph, store: Store, executor: Executor) -> Todo:
+def survey(graph: Graph, store: Store, executor: Executor, forced: set[str] | frozenset[str] = frozenset()) -> Todo:
+    """What is complete, what is queued or running, what is left to run. Nodes in ``forced``
+    count as not complete (what a forced submit would run)."""
     pending: dict[str, list[int]] = {}
     complete: dict[str, set[int]] = {}
     records: dict[str, dict] = {}
     for node in graph.nodes.values():
-        listed = store.completed(node.stage.name, node.key)
+        listed = store.completed(node.stage.name, node.key) if node.id not in forced else set()
         done = {i for i in listed if i < node.size and store.is_complete(node.stage.name, node.key, i)}
         complete[node.id] = done
         pending[node.id] = [i for i in range(node.size) if i not in done]
@@ -129,19 +144,27 @@ def make_batches(graph: Graph, store: Store, todo: Todo) -> list[Batch]:
     return batches
 
 
-def apply_force(graph: Graph, store: Store, stages: list[str]) -> list[str]:
-    """Forget completion of the named stages and everything downstream of them in this graph."""
+def forced_nodes(graph: Graph, stages: list[str]) -> set[str]:
+    """The nodes of the named stages and everything downstream of them in this graph."""
     known = {n.stage.name for n in graph.nodes.values()}
     for stage in stages:
         if stage not in known:
             raise ConfigError(f"no stage {stage!r} in this experiment's graph", key="--force",
                               fix=f"choose one of: {', '.join(sorted(known))}")
-    forced = graph.downstream({n.id for n in graph.nodes.values() if n.stage.name in stages})
-    for node_id in forced:
+    return graph.downstream({n.id for n in graph.nodes.values() if n.stage.name in stages})
+
+
+def apply_force(graph: Graph, store: Store, stages: list[str]) -> tuple[set[str], list[str]]:
+    """Reset every task of the forced nodes so that each starts from nothing: no marker, no
+    resumable state. Returns the forced nodes and the tasks left alone because they are running."""
+    forced = forced_nodes(graph, stages)
+    busy = []
+    for node_id in sorted(forced):
         node = graph.nodes[node_id]
         for i in range(node.size):
-            store.invalidate(node.stage.name, node.key, i)
-    return sorted(forced)
+            if not store.reset(node.stage.name, node.key, i):
+                busy.append(f"{node_id}/{i:05d}")
+    return forced, busy
 
 
 def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: str | None = None,
@@ -151,14 +174,9 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
     executor = make_executor(executor_name or exp.cluster.executor, exp, store, console)
     executor.check()
     check_inputs(exp, graph)
-    if force:
-        known = {n.stage.name for n in graph.nodes.values()}
-        bad = [s for s in force if s not in known]
-        if bad:
-            raise ConfigError(f"no stage {bad[0]!r} in this experiment's graph", key="--force",
-                              fix=f"choose one of: {', '.join(sorted(known))}")
+    forced = forced_nodes(graph, force) if force else set()
     if dry_run:
-        todo = survey(graph, store, executor)
+        todo = survey(graph, store, executor, forced)
         _describe(console, graph, todo, executor.name, dry_run=True, force=force)
         return 0
     lock = exp.dir / "submit.lock"
@@ -177,7 +195,10 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
                 })
         write_json(exp.dir / "plan.json", graph.to_dict())
         if force:
-            apply_force(graph, store, force)
+            _, busy = apply_force(graph, store, force)
+            for task_id in busy:
+                console.print(f"[yellow]{task_id} is running now: --force leaves it alone "
+                              "(cancel it first to recompute it)[/]")
         todo = survey(graph, store, executor)
         _describe(console, graph, todo, executor.name, dry_run=False, force=force)
         batches = make_batches(graph, store, todo)
