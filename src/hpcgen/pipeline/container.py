@@ -95,9 +95,9 @@ def image_labels(path: Path) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
 
 
-def describe(container: Container) -> dict[str, Any]:
-    """What every marker of this submission records about the image. Raises ConfigError (with
-    the key, for the caller to locate) when the image is missing."""
+def check_image(container: Container) -> Path:
+    """The image file, resolved; ConfigError (with the key, for the caller to locate) when it is
+    not a local file. Cheap: ``plan`` checks it, ``submit`` then hashes it."""
     if "://" in container.image:
         raise ConfigError(f"container image {container.image!r} is not a local file", key="cluster.container.image",
                           fix=f"pull it once (apptainer pull hpcgen.sif {container.image}) and give the .sif path")
@@ -109,7 +109,12 @@ def describe(container: Container) -> dict[str, Any]:
         raise ConfigError(f"container image {container.image!r} is not a file (a sandbox directory cannot be "
                           "hashed for provenance)", key="cluster.container.image",
                           fix="build a .sif image (see containers/README.md)")
-    path = path.resolve()
+    return path.resolve()
+
+
+def describe(container: Container) -> dict[str, Any]:
+    """What every marker of this submission records about the image (ConfigError when missing)."""
+    path = check_image(container)
     st = path.stat()
     return {
         "image": str(path), "sha256": image_digest(path), "bytes": st.st_size,

@@ -60,7 +60,16 @@ def make_executor(name: str, exp: Experiment, store: Store, console: Console) ->
 
 
 def check_inputs(exp: Experiment, graph: Graph) -> None:
-    """Each stage's cheap input checks, before anything is written; errors point at their line."""
+    """Each stage's cheap input checks and the container image, before anything is written;
+    errors point at their line. ``plan`` and ``submit`` both run them."""
+    from hpcgen.pipeline.container import check_image
+
+    container = exp.cluster.container
+    if container is not None and exp.cluster.executor != "debug":  # the debug executor ignores images
+        try:
+            check_image(container)
+        except ConfigError as err:
+            raise exp.locate(err) from None
     for node in graph.nodes.values():
         try:
             node.stage.check(node.config)

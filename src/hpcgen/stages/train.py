@@ -99,9 +99,11 @@ class Train(Stage):
 
     def check(self, cfg) -> None:
         from hpcgen.similarity.model import check_model_dir
+        from hpcgen.training.dsconfig import load_deepspeed
 
         if cfg.train.model:
             check_model_dir(cfg.train.model, "train.model")
+        load_deepspeed(cfg.train.deepspeed, cfg.train.deepspeed_overrides)
 
     def estimate(self, cfg, size: int, upstream=None) -> Estimate:
         """Snapshot disk: parameters x bytes per weight x snapshots (steps / save_every, with the

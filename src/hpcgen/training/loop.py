@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcgen.config.profiles import jobs_dir
 from hpcgen.errors import ConfigError
 from hpcgen.training.data import Feed, batch_sizes, collate, encode
+from hpcgen.training.dsconfig import load_deepspeed
 
 
 def setup_distributed(rank: int, world: int) -> str:
@@ -76,19 +76,7 @@ def lr_lambda(cfg, total_steps: int):
 
 
 def deepspeed_config(cfg, micro: int, accumulation: int, world: int, device: str) -> dict:
-    preset = Path(cfg.deepspeed)
-    if not preset.suffix:
-        preset = jobs_dir() / "deepspeed" / f"{cfg.deepspeed}.json"
-    try:
-        ds = json.loads(preset.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"DeepSpeed config {str(preset)!r} not found", key="train.deepspeed",
-                          fix="use zero0..zero3, zero2-offload, zero3-offload or a path") from None
-    for key, value in cfg.deepspeed_overrides.items():
-        if isinstance(value, dict) and isinstance(ds.get(key), dict):
-            ds[key] = {**ds[key], **value}
-        else:
-            ds[key] = value
+    ds = load_deepspeed(cfg.deepspeed, cfg.deepspeed_overrides)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
     ds.update(train_batch_size=micro * accumulation * world, train_micro_batch_size_per_gpu=micro,
               gradient_accumulation_steps=accumulation, gradient_clipping=cfg.grad_clip, bf16={"enabled": bf16})

@@ -1,0 +1,63 @@
+"""Every value and every file the config names is checked by ``plan`` and ``submit --dry-run``,
+before anything is queued: a misspelt DeepSpeed preset must not wait for the upstream stages (and
+the queue) to fail when training starts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hpcgen.cli import main
+from tests.conftest import ROOT
+
+BASE = f"""name: checks
+output_dir: out
+cluster: {{executor: local}}
+data:
+  sources: [{{format: niv2, path: {ROOT / "examples" / "data" / "niv2-sample"}}}]
+train:
+  preset: demo
+"""
+
+CASES = {
+    "preset": ("  deepspeed: zero5\n", 8, "train.deepspeed: no DeepSpeed preset 'zero5'",
+               "use one of zero0, zero1, zero2"),
+    "stage": ("  deepspeed_overrides: {zero_optimization: {stage: 7}}\n", 8,
+              "train.deepspeed_overrides: ZeRO stage 7 does not exist", "use stage 0, 1, 2 or 3"),
+    "missing file": ("  deepspeed: ./mine.json\n", 8, "train.deepspeed: DeepSpeed config", "does not exist"),
+    "broken file": ("  deepspeed: ./broken.json\n", 8, "train.deepspeed: broken.json:2: not valid JSON",
+                    "fix the file"),
+    "image": ("", 3, "cluster.container.image: container image", "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", [["plan"], ["submit", "--dry-run"], ["submit"]])
+def test_bad_values_and_files_are_refused_before_anything_runs(case, command, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HPCGEN_PIPELINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    extra, line, expect, fix = CASES[case]
+    text = BASE + extra
+    if case == "image":
+        text = text.replace("cluster: {executor: local}", "cluster: {executor: local, container: {image: no.sif}}")
+    (tmp_path / "broken.json").write_text('{"zero_optimization":\n  {"stage": 2,}\n}\n')
+    (tmp_path / "exp.yaml").write_text(text)
+    code = main([command[0], str(tmp_path / "exp.yaml"), *command[1:]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    [message] = err.splitlines()
+    assert re.match(rf"error: (\S*/)?exp.yaml:{line}: {re.escape(expect)}", message) and fix in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_good_deepspeed_file_and_overrides_pass_plan(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HPCGEN_PIPELINE", raising=False)
+    (tmp_path / "mine.json").write_text('{"zero_optimization": {"stage": 1}}')
+    (tmp_path / "exp.yaml").write_text(BASE + f"  deepspeed: {tmp_path / 'mine.json'}\n"
+                                       "  deepspeed_overrides: {zero_optimization: {stage: 3}}\n")
+    assert main(["plan", str(tmp_path / "exp.yaml")]) == 0, capsys.readouterr().err
+    from hpcgen.training.dsconfig import load_deepspeed
+
+    assert load_deepspeed(str(tmp_path / "mine.json"), {"zero_optimization": {"stage": 3}}) == {
+        "zero_optimization": {"stage": 3}}
