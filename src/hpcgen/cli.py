@@ -1,4 +1,4 @@
-"""Command line: submit | plan | status | cancel | logs.
+"""Command line: submit | plan | status | cancel | logs | verify | report | doctor.
 
 Exit codes: 0 ok, 1 failed work, 2 bad input (nothing written).
 """
@@ -211,6 +211,33 @@ def cmd_logs(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
+    """Re-hash every complete task's outputs; with --repair drop what no longer matches."""
+    from hpcgen.pipeline.store import Store
+    from hpcgen.pipeline.verify import repair, verify
+
+    exp, graph = _load(args, pipeline, check_output=False)
+    store = Store(exp.store)
+    result = verify(graph, store)
+    for m in result.mismatches:
+        print(str(m))
+    summary = (f"{exp.name}: {result.tasks} complete task(s), {result.files} file(s), "
+               f"{_human_bytes(result.bytes)} re-hashed: ")
+    if not result.mismatches:
+        out.print(summary + "every output matches its marker", highlight=False)
+        return 0
+    tasks = sorted({m.task for m in result.mismatches})
+    if not args.repair:
+        out.print(summary + f"{len(result.mismatches)} output(s) of {len(tasks)} task(s) no longer match; "
+                  f"hpcgen verify {args.file} --repair drops their markers and those downstream", highlight=False)
+        return 1
+    dropped = repair(graph, store, result.mismatches)
+    out.print(summary + f"{len(result.mismatches)} output(s) of {len(tasks)} task(s) no longer matched; dropped "
+              f"{len(dropped)} marker(s) (theirs and those downstream): hpcgen submit {args.file} recomputes them",
+              highlight=False)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     """Rebuild the report from what is on disk now (finished or not)."""
     from hpcgen.pipeline.stage import Upstream
@@ -273,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel the experiment's queued and running tasks")
     common(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("verify", help="re-hash every complete task's outputs against its marker")
+    common(p)
+    p.add_argument("--repair", action="store_true",
+                   help="drop the markers of what no longer matches, and of everything downstream")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("report", help="rebuild the report (curves, plots, HTML) from what is on disk")
     common(p)
