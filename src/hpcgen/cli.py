@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failed work, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -356,3 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = "free space or choose another output_dir" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "fix the permissions or choose another output_dir"
+        print(f"error: {where}{exc.strerror}; {fix} (nothing done is marked complete: submit again after)",
+              file=sys.stderr)
+        return 1

@@ -33,6 +33,7 @@ class StepConfig(StageConfig):
     sleep: float = 0.0
     fail: bool = False
     fail_index: int | None = None
+    pad_bytes: int = 0  # also write pad-NNNNN.bin of this size (to fill a disk)
 
 
 class ArrangeConfig(StepConfig):
@@ -80,6 +81,10 @@ class Step(Stage):
             for up in ups:
                 for i in range(up.size):
                     total += json.loads((up.dir / f"out-{i:05d}.json").read_text())["total"]
+        if cfg.pad_bytes:
+            with open(task.output(f"pad-{task.index:05d}.bin"), "wb") as fh:
+                for _ in range(0, cfg.pad_bytes, 1 << 16):
+                    fh.write(b"\0" * min(1 << 16, cfg.pad_bytes))
         out = task.output(f"out-{task.index:05d}.json")
         with open(out, "w") as fh:  # written slowly, so a test can kill the task mid-write
             fh.write('{"total": ')

@@ -109,8 +109,10 @@ def check_writable(root: Path, origin: tuple[str | None, int | None] = (None, No
                           file=file, line=line, key="output_dir", fix="choose another output_dir")
     try:
         # os.access is not enough (root passes it on read-only mounts): try a real file.
-        with tempfile.TemporaryFile(dir=probe):
-            pass
+        with tempfile.TemporaryFile(dir=probe) as fh:
+            fh.write(b"\0" * 4096)  # a full disk accepts an empty file, not a block of data
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"output root {str(root)!r} is not writable ({reason} in {str(probe)!r})",

@@ -127,32 +127,43 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
             log.info("%s: start (attempt %s)", spec.id, attempt)
             spec.stage.run(task)
             outputs = _commit(task._staged, base)
+            ended = now()
+            marker = {
+                "task": spec.id, "stage": name, "key": key, "index": index, "size": spec.size,
+                "stage_version": spec.stage.version, "config": spec.config.dump(),
+                "upstream": {s: [u.key for u in ups] for s, ups in spec.inputs.items()},
+                "outputs": outputs, "experiment": spec.experiment, "runs": list(spec.runs),
+                "attempt": attempt, "started": started, "ended": ended, "processes": world,
+                "duration_s": round(time.monotonic() - t0, 3),
+                "provenance": provenance(spec.extra.get("container")),
+            }
+            write_json(store.marker(name, key, index), marker)
         except (SystemExit, KeyboardInterrupt) as exc:  # requeued by the scheduler, or stopped
             record.update(state="interrupted", ended=now(), error=f"{type(exc).__name__}: {exc}")
-            write_json(store.attempt(name, key, index), record)
+            _record(store.attempt(name, key, index), record, log)
             raise
         except BaseException as exc:
+            # staging first: on a full disk, removing it frees the space the record needs
+            store.clean_staging(name, key, index)
             record.update(state="failed", ended=now(), error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(), bad_input=isinstance(exc, ConfigError))
             if isinstance(exc, ConfigError):
                 record["error"] = str(exc)
-            write_json(store.attempt(name, key, index), record)
-            store.clean_staging(name, key, index)
+            _record(store.attempt(name, key, index), record, log)
             raise
-        ended = now()
-        marker = {
-            "task": spec.id, "stage": name, "key": key, "index": index, "size": spec.size,
-            "stage_version": spec.stage.version, "config": spec.config.dump(),
-            "upstream": {s: [u.key for u in ups] for s, ups in spec.inputs.items()},
-            "outputs": outputs, "experiment": spec.experiment, "runs": list(spec.runs),
-            "attempt": attempt, "started": started, "ended": ended, "processes": world,
-            "duration_s": round(time.monotonic() - t0, 3), "provenance": provenance(spec.extra.get("container")),
-        }
-        write_json(store.marker(name, key, index), marker)
         record.update(state="done", ended=ended)
-        write_json(store.attempt(name, key, index), record)
+        _record(store.attempt(name, key, index), record, log)  # the marker says it all; this is a courtesy
         log.info("%s: done in %.1f s", spec.id, marker["duration_s"])
         return {"task": spec.id, "skipped": False, "duration_s": marker["duration_s"]}
+
+
+def _record(path: Path, record: dict[str, Any], log: logging.Logger) -> None:
+    """Write the attempt record of a failed or interrupted attempt; the task's own error must
+    reach the caller even when this cannot be written (a full disk)."""
+    try:
+        write_json(path, record)
+    except OSError as exc:
+        log.error("could not write %s (%s); the attempt ended with: %s", path, exc, record.get("error"))
 
 
 class TaskRunner:

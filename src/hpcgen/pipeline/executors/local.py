@@ -131,7 +131,7 @@ class LocalExecutor(Executor):
             first = next(t for t, why in failed.items() if not why.startswith("not run"))
             self.console.print(
                 f"[red]{len(failed)} task(s) failed[/], e.g. {first}: {failed[first]}\n"
-                f"  logs: hpcgen logs {self.exp.file} {first}")
+                f"  logs: hpcgen logs {first} -f {self.exp.file}")
             return 1
         self.console.print(f"[green]all {len(done)} task(s) done[/]")
         return 0
