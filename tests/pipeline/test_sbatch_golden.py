@@ -59,9 +59,11 @@ def test_container_sbatch_script_is_pinned(cli, tmp_path):
         GOLDEN_CONTAINER.write_text(script)
     assert script == GOLDEN_CONTAINER.read_text()
     # in words: every rank (2 nodes x 8) starts its own container through srun, with the GPUs,
-    # binds and environment of the experiment file; resources from the a800x8 profile
+    # binds and environment of the experiment file; resources from the a800x8 profile; srun is told
+    # the CPUs of each rank (Slurm 22.05-23.02 does not pass sbatch's --cpus-per-task on to srun)
     assert ("srun --unbuffered --output <TMP>/out/experiments/boxed/logs/train/%j_%t_log.out "
-            "--error <TMP>/out/experiments/boxed/logs/train/%j_%t_log.err apptainer exec --nv --bind /data "
+            "--error <TMP>/out/experiments/boxed/logs/train/%j_%t_log.err --cpus-per-task=12 "
+            "apptainer exec --nv --bind /data "
             "--bind /scratch --env DS_ACCELERATOR=cuda --env HF_HUB_OFFLINE=1 <TMP>/images/hpcgen.sif python3 -u "
             "-m submitit.core._submit <TMP>/out/experiments/boxed/logs/train") in script
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",

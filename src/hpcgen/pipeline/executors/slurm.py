@@ -55,6 +55,9 @@ def sbatch_parameters(resources: Resources, *, job_name: str, dependency: list[s
     if dependency:
         params["dependency"] = "afterok:" + ":".join(dependency)
     params["setup"] = thread_setup("${SLURM_CPUS_PER_TASK:-1}")
+    # srun does not inherit sbatch's --cpus-per-task on Slurm 22.05-23.02 (each rank then gets one
+    # core): pass it to srun as well
+    params["srun_args"] = [f"--cpus-per-task={r.cpus or 1}"]
     extra = {"kill-on-invalid-dep": "yes"}
     extra.update(r.sbatch)
     params["additional_parameters"] = extra
