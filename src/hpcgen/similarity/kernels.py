@@ -182,7 +182,7 @@ class TopK:
         affected = xp.unique(cols)
         keep_rows = self.index[:, affected].T.ravel()
         keep_dist = self.dist[:, affected].T.ravel()
-        keep_cols = xp.repeat(affected, k)
+        keep_cols = xp.broadcast_to(affected[:, None], (affected.shape[0], k)).ravel()
         valid = keep_rows >= 0
         all_rows = xp.concatenate([keep_rows[valid], rows])
         all_cols = xp.concatenate([keep_cols[valid], cols])
@@ -194,9 +194,10 @@ class TopK:
         key = (all_cols.astype(xp.uint64) << xp.uint64(32)) | _sortable(xp, all_dist)
         order = xp.argsort(key, kind="stable") if xp.__name__ == "numpy" else xp.argsort(key)
         all_rows, all_cols, all_dist = all_rows[order], all_cols[order], all_dist[order]
+        # rank of each entry within its column: its position minus its column's first position
+        # (no repeat() with an array of counts: some CuPy 13 releases raise on it)
         starts = xp.searchsorted(all_cols, affected)
-        rank = xp.arange(all_cols.shape[0]) - xp.repeat(starts, xp.diff(xp.concatenate(
-            [starts, xp.asarray([all_cols.shape[0]])])))
+        rank = xp.arange(all_cols.shape[0]) - starts[xp.searchsorted(affected, all_cols)]
         take = rank < k
         self.index[rank[take], all_cols[take]] = all_rows[take]
         self.dist[rank[take], all_cols[take]] = all_dist[take]
