@@ -69,6 +69,8 @@ class TrainConfig(StageConfig):
     resume_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     keep_resumable: int = Field(2, ge=1)
     eval_in_loop: bool = Field(False, description="test loss inside the training job at each snapshot")
+    dist_timeout_min: float = Field(60.0, gt=0, description="collective timeout: ranks wait this long at a "
+                                    "barrier (a 7B load, rank 0's snapshot write) before failing")
     seed: int = 0
 
     @model_validator(mode="before")

@@ -29,8 +29,18 @@ from hpcgen.training.data import Feed, batch_sizes, collate, encode
 from hpcgen.training.dsconfig import load_deepspeed
 
 
-def setup_distributed(rank: int, world: int) -> str:
-    """torch.distributed through DeepSpeed, from the Slurm/submitit environment; 'cpu' or 'cuda'."""
+def setup_distributed(rank: int, world: int, timeout_min: float = 60.0) -> str:
+    """torch.distributed through DeepSpeed, from the Slurm/submitit environment; 'cpu' or 'cuda'.
+
+    On GPUs every rank of a node sees all of the node's GPUs and binds to its own,
+    ``cuda:LOCAL_RANK``, before the process group exists: DeepSpeed then passes that same device
+    id to the NCCL group. (Narrowing ``CUDA_VISIBLE_DEVICES`` to one GPU per rank, as submitit can,
+    would leave ``cuda:LOCAL_RANK`` out of range for every rank but the first once CUDA has
+    counted the devices.) ``timeout_min`` is the collective timeout: ranks wait at barriers while
+    rank 0 writes a snapshot or all load a 7B model from shared storage, which DeepSpeed's default
+    of 10 minutes does not cover."""
+    import datetime
+
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,7 +50,7 @@ def setup_distributed(rank: int, world: int) -> str:
     if world > 1:
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=device == "cuda", overwrite=True)
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     else:
         # one process (possibly the caller's own, under the debug executor): no MASTER_PORT in the
         # environment, or jobs started from this process later would inherit it and collide
@@ -49,18 +59,45 @@ def setup_distributed(rank: int, world: int) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             init_method = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    if device == "cuda":
+        torch.cuda.set_device(local_device(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
     import deepspeed
     import deepspeed.ops
 
     if device == "cpu":  # skip building DeepSpeed's shared-memory comm op: gloo does the job
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     backend = "nccl" if device == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_min)
     if init_method is None:
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     else:
         deepspeed.init_distributed(dist_backend=backend, init_method=init_method, rank=0, world_size=1,
-                                   auto_mpi_discovery=False)
+                                   auto_mpi_discovery=False, timeout=timeout)
     return device
+
+
+def local_device(local_rank: int, visible: int) -> int:
+    """The GPU index of a rank among the GPUs its process sees; an error that says why when the
+    node has fewer GPUs than ranks (tasks_per_node larger than gpus, say)."""
+    if not 0 <= local_rank < visible:
+        raise ConfigError(f"local rank {local_rank} has no GPU: this process sees {visible} GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                          key="train.resources", fix="give every node as many GPUs as tasks_per_node")
+    return local_rank
+
+
+def step_stats(loss, tokens: int, device, world: int):
+    """(mean loss over ranks, tokens over ranks) of one step, reduced on the engine's device: a
+    NCCL group has no CPU backend, so a CPU tensor here fails the run at its first step."""
+    import torch
+    import torch.distributed as dist
+
+    stats = torch.stack([loss.detach().to(device=device, dtype=torch.float64),
+                         torch.tensor(float(tokens), dtype=torch.float64, device=device)])
+    if dist.is_initialized() and world > 1:
+        dist.all_reduce(stats)
+        stats[0] /= world
+    return stats
 
 
 def lr_lambda(cfg, total_steps: int):
@@ -145,13 +182,13 @@ class Preemption:
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
 
-    def agreed(self, world: int) -> bool:
+    def agreed(self, world: int, device="cpu") -> bool:
         import torch
         import torch.distributed as dist
 
         if world == 1 or not dist.is_initialized():
             return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)  # the group's device (NCCL: GPU)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -226,7 +263,7 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
 
     disable_progress_bars()  # no progress bars in job logs
     transformers.utils.logging.disable_progress_bar()
-    device = setup_distributed(rank, world)
+    device = setup_distributed(rank, world, cfg.dist_timeout_min)
     work = task.work_dir
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -326,11 +363,7 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
             losses.append(out.loss.detach().float())
             tokens += int(batch["attention_mask"].sum())
             rows_seen += [int(order_rows[r]) for r in rows]
-        loss = torch.stack(losses).mean()
-        stats = torch.tensor([float(loss), float(tokens)], dtype=torch.float64)
-        if dist.is_initialized() and world > 1:
-            dist.all_reduce(stats)
-            stats[0] /= world
+        stats = step_stats(torch.stack(losses).mean(), tokens, engine.device, world).tolist()
         elapsed = time.perf_counter() - t0
         with open(consumed_path, "a") as fh:
             fh.write(json.dumps({"step": step, "rows": rows_seen}) + "\n")
@@ -356,7 +389,7 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
             save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank)
         if done % cfg.resume_every == 0 and done < feed.steps:
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
-        if done < feed.steps and preempt.agreed(world):
+        if done < feed.steps and preempt.agreed(world, engine.device):
             # every rank saw the request by this step boundary: save together, then requeue
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
             task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
