@@ -61,3 +61,28 @@ def test_a_good_deepspeed_file_and_overrides_pass_plan(tmp_path, capsys, monkeyp
 
     assert load_deepspeed(str(tmp_path / "mine.json"), {"zero_optimization": {"stage": 3}}) == {
         "zero_optimization": {"stage": 3}}
+
+
+@pytest.mark.parametrize("command", [["plan"], ["submit", "--dry-run"]])
+def test_batch_sizes_are_checked_against_the_ranks_a_profile_gives(command, tmp_path, capsys, monkeypatch):
+    """The a800x8 profile gives train a node of 8 GPUs: a micro batch of 16 cannot make a
+    global batch of 16 there, which must be said before the job waits in the queue."""
+    monkeypatch.delenv("HPCGEN_PIPELINE", raising=False)
+    (tmp_path / "exp.yaml").write_text(BASE.replace("cluster: {executor: local}",
+                                                    "cluster: {executor: local, profile: a800x8}"))
+    code = main([command[0], str(tmp_path / "exp.yaml"), *command[1:]])
+    [message] = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert re.match(r"error: \S*exp.yaml:6: train.micro_batch: global batch 16 is not a multiple of micro batch 16 "
+                    r"x 8 data-parallel ranks; with 8 rank\(s\) \(1 node\(s\) x 8\), set train.micro_batch to one "
+                    r"of 1, 2$", message), message
+    (tmp_path / "exp.yaml").write_text((tmp_path / "exp.yaml").read_text() + "  micro_batch: 1\n")
+    assert main(["plan", str(tmp_path / "exp.yaml")]) == 0
+
+
+def test_the_7b_preset_fits_two_nodes_of_eight_gpus():
+    from hpcgen.stages.train import PRESETS
+    from hpcgen.training.data import batch_sizes
+
+    p = PRESETS["llama2-7b"]
+    assert batch_sizes(p["global_batch"], p["micro_batch"], 16) == 1  # the paper: 16 = 2 x 8 x 1

@@ -101,6 +101,10 @@ class Stage:
     def check(self, cfg: SectionView) -> None:
         """Cheap checks of inputs before anything is submitted (raise ConfigError)."""
 
+    def check_resources(self, cfg: SectionView, resources: Resources) -> None:
+        """Checks of the config against the resources a node will get (its profile included), at
+        ``plan`` and ``submit``: what would otherwise fail inside the job after the queue wait."""
+
     def fingerprint(self, cfg: SectionView) -> list[str]:
         """What this stage's external inputs look like now; enters the key, so changed input
         files are recomputed."""

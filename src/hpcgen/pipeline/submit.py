@@ -73,6 +73,7 @@ def check_inputs(exp: Experiment, graph: Graph) -> None:
     for node in graph.nodes.values():
         try:
             node.stage.check(node.config)
+            node.stage.check_resources(node.config, node.resources)
         except ConfigError as err:
             raise exp.locate(err) from None
 

@@ -25,7 +25,7 @@ from hpcgen.pipeline.stage import Estimate, Stage, Task
 PRESETS: dict[str, dict[str, Any]] = {
     # the data-arrangement paper: LLaMA-2-7B full fine-tuning
     "llama2-7b": {"model": "meta-llama/Llama-2-7b-hf", "max_length": 1024, "epochs": 1, "global_batch": 16,
-                  "micro_batch": 8, "lr": 1e-6, "schedule": "cosine", "save_every": 10, "deepspeed": "zero3",
+                  "micro_batch": 1,  # 2 nodes x 8 GPUs x 1 = 16: the paper's global batch, no accumulation "lr": 1e-6, "schedule": "cosine", "save_every": 10, "deepspeed": "zero3",
                   "precision": "bf16"},
     # the instruction-diversity paper: GPT-2, 6 layers, 4 heads, hidden 256, from scratch
     "gpt2-rewriting": {"architecture": "gpt2", "layers": 6, "heads": 4, "hidden": 256, "tokenizer": "char",
@@ -106,6 +106,22 @@ class Train(Stage):
         if cfg.train.model:
             check_model_dir(cfg.train.model, "train.model")
         load_deepspeed(cfg.train.deepspeed, cfg.train.deepspeed_overrides)
+
+    def check_resources(self, cfg, resources) -> None:
+        """global batch = micro batch x accumulation x nodes x tasks per node, with a whole
+        accumulation: refused here, not in the job after its queue wait."""
+        from hpcgen.training.data import batch_sizes
+
+        t: TrainConfig = cfg.train
+        ranks = (resources.nodes or 1) * (resources.tasks_per_node or 1)
+        try:
+            batch_sizes(t.global_batch, t.micro_batch, ranks)
+        except ConfigError as err:
+            fits = [m for m in range(1, t.global_batch + 1) if t.global_batch % (m * ranks) == 0]
+            hint = (f"with {ranks} rank(s) ({resources.nodes or 1} node(s) x {resources.tasks_per_node or 1}), "
+                    + (f"set train.micro_batch to one of {', '.join(map(str, fits))}" if fits else
+                       f"set train.global_batch to a multiple of {ranks}"))
+            raise ConfigError(err.reason, key="train.micro_batch", fix=hint) from None
 
     def estimate(self, cfg, size: int, upstream=None) -> Estimate:
         """Snapshot disk: parameters x bytes per weight x snapshots (steps / save_every, with the
