@@ -87,7 +87,7 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
                                    dependency=[], signal_delay_s=exp.cluster.signal_delay_s)
         size = sum(n.size for n in nodes if n.resources == nodes[0].resources)
         print(render_script(params, exp.dir / "logs" / args.sbatch, size,
-                            python_command(exp.cluster.container)))
+                            python_command(exp.cluster.container, nodes[0].resources.gpus or 0)))
         return 0
     if args.json:
         # compact unless a person reads it: the indenting encoder is 10x slower on big matrices

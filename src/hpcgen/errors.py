@@ -45,6 +45,11 @@ class ConfigError(HpcgenError):
         return ConfigError(self.reason, file=file, line=line, key=self.key, fix=self.fix)
 
 
+class DeviceError(HpcgenError):
+    """A task asked for GPUs that its job cannot use (no driver, no --nv, a CPU build of torch,
+    no CuPy): it stops at its start instead of running on the CPU unnoticed."""
+
+
 class SubmitError(HpcgenError):
     """The scheduler refused or could not be reached."""
 

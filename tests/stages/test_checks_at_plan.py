@@ -86,3 +86,4 @@ def test_the_7b_preset_fits_two_nodes_of_eight_gpus():
 
     p = PRESETS["llama2-7b"]
     assert batch_sizes(p["global_batch"], p["micro_batch"], 16) == 1  # the paper: 16 = 2 x 8 x 1
+    assert (p["lr"], p["deepspeed"], p["precision"], p["save_every"]) == (1e-6, "zero3", "bf16", 10)

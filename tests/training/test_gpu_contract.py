@@ -109,3 +109,40 @@ def test_step_stats_reduce_over_a_real_gloo_group():
         assert (loss, tokens) == (1.5, 96.0)
     finally:
         dist.destroy_process_group()
+
+
+def test_a_task_given_gpus_refuses_to_run_without_them(cli, write_exp, events, tmp_path):
+    """No silent CPU: a stage with gpus > 0 stops at its start, in one line, where CUDA is not
+    usable (this machine has no GPU), and its stage code never runs."""
+    import torch as _torch
+
+    if _torch.cuda.is_available():
+        pytest.skip("this machine has a usable GPU")
+    path = write_exp("name: gpu\noutput_dir: out\ntrain: {resources: {gpus: 1}}\n")
+    code, out, err = cli("submit", path, "--executor", "local")
+    assert code == 1
+    assert "train/" in out and "asked for 1 GPU(s) but torch" in out and "sees no usable GPU" in out
+    assert "resources.gpus: 0" in out
+    assert not [e for e in events("start") if e["stage"] == "train"]  # stopped before the stage ran
+    assert [e["stage"] for e in events("end")] == ["prepare", "arrange"]
+
+
+def test_nv_follows_the_jobs_gpus_unless_the_container_says_otherwise():
+    from hpcgen.config.schema import Container
+    from hpcgen.pipeline.container import python_command
+
+    auto = Container(image="/images/x.sif")
+    assert "--nv" in python_command(auto, gpus=8) and "--nv" not in python_command(auto, gpus=0)
+    assert "--nv" in python_command(Container(image="/images/x.sif", gpu=True), gpus=0)
+    assert "--nv" not in python_command(Container(image="/images/x.sif", gpu=False), gpus=8)
+
+
+def test_similarity_on_a_gpu_needs_cupy_unless_told_numpy():
+    from hpcgen.stages.similarity import Similarity, SimilarityConfig
+
+    class Cfg:
+        def __init__(self, backend):
+            self.similarity = SimilarityConfig(backend=backend)
+
+    assert Similarity().gpu_libraries(Cfg("auto")) == ("cupy",)
+    assert Similarity().gpu_libraries(Cfg("numpy")) == ()

@@ -235,7 +235,7 @@ class Container(Model):
     image: InputPath = Field(description="a .sif file; relative to the experiment file")
     bind: list[SafeStr] = Field(default_factory=list)
     env: dict[SafeStr, SafeStr] = Field(default_factory=dict)
-    gpu: bool = Field(False, description="pass --nv")
+    gpu: bool | None = Field(None, description="pass --nv; default: for the jobs of stages with gpus > 0")
 
 
 class Cluster(Resources):

@@ -26,15 +26,17 @@ from hpcgen.errors import ConfigError
 LABELS_FILE = Path("/.singularity.d/labels.json")
 
 
-def python_command(container: Container | None) -> str | None:
+def python_command(container: Container | None, gpus: int = 0) -> str | None:
     """The command that starts Python for a job: plain (None), or inside the Apptainer image.
 
-    submitit appends ``-u -m submitit.core._submit FOLDER`` and, for a multi-process job, runs the
-    whole line once per task under ``srun``: every rank gets its own container."""
+    ``--nv`` (the host's GPU driver inside the image) follows from the job's GPUs unless
+    ``container.gpu`` says otherwise. submitit appends ``-u -m submitit.core._submit FOLDER`` and,
+    for a multi-process job, runs the whole line once per task under ``srun``: every rank gets its
+    own container."""
     if container is None:
         return None
     parts = ["apptainer", "exec"]
-    if container.gpu:
+    if container.gpu or (container.gpu is None and gpus > 0):
         parts.append("--nv")
     for bind in container.bind:
         parts += ["--bind", bind]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcgen.errors import ConfigError
+from hpcgen.errors import ConfigError, DeviceError
 from hpcgen.pipeline.stage import SectionView, Stage, Task, Upstream
 from hpcgen.pipeline.store import Store, checksums, file_lock, now, provenance, write_json
 
@@ -41,6 +41,7 @@ class TaskSpec:
     runs: tuple[str, ...]
     experiment: str
     extra: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 0  # per node, from the node's resources: the job must then see GPUs
 
     @property
     def id(self) -> str:
@@ -80,6 +81,30 @@ def _commit(staged: dict[str, Path], base: Path) -> dict[str, Any]:
     return outputs
 
 
+def require_gpus(spec: TaskSpec) -> None:
+    """A task given GPUs runs on them or not at all: DeviceError (one line) when the libraries the
+    stage uses on a GPU cannot see one, instead of a silent fall-back to CPU, gloo or NumPy."""
+    if spec.gpus <= 0:
+        return
+    problems = []
+    for library in spec.stage.gpu_libraries(spec.config):
+        if library == "torch":
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(f"torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no usable GPU")
+        elif library == "cupy":
+            from hpcgen.similarity.xp import gpu_available
+
+            if not gpu_available():
+                problems.append("CuPy is missing or sees no usable GPU")
+    if problems:
+        raise DeviceError(f"{spec.id} asked for {spec.gpus} GPU(s) but {'; '.join(problems)} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run it on a GPU "
+                          "node (in the image: apptainer --nv, cluster.container.gpu), or give the stage "
+                          "resources.gpus: 0 to run it on CPU")
+
+
 def process_rank() -> tuple[int, int]:
     """(rank, number of processes) of this task: several for multi-process jobs under submitit."""
     try:
@@ -108,6 +133,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         task = Task(stage=name, key=key, index=index, size=spec.size, dir=base, config=spec.config,
                     inputs=spec.inputs, runs=spec.runs, log=log, attempt=f"rank{rank}", rank=rank, world_size=world,
                     meta=spec.extra)
+        require_gpus(spec)
         spec.stage.run(task)
         return {"task": spec.id, "skipped": False, "rank": rank}
     with file_lock(store.lock(name, key, index)):
@@ -125,6 +151,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
                     meta=spec.extra)
         try:
             log.info("%s: start (attempt %s)", spec.id, attempt)
+            require_gpus(spec)
             spec.stage.run(task)
             outputs = _commit(task._staged, base)
             ended = now()

@@ -101,6 +101,10 @@ class Stage:
     def check(self, cfg: SectionView) -> None:
         """Cheap checks of inputs before anything is submitted (raise ConfigError)."""
 
+    def gpu_libraries(self, cfg: SectionView) -> tuple[str, ...]:
+        """What must see a GPU when this stage's task has ``gpus > 0``: ``torch``, ``cupy``."""
+        return ("torch",)
+
     def check_resources(self, cfg: SectionView, resources: Resources) -> None:
         """Checks of the config against the resources a node will get (its profile included), at
         ``plan`` and ``submit``: what would otherwise fail inside the job after the queue wait."""

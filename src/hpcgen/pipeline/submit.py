@@ -88,7 +88,7 @@ def task_specs(graph: Graph, store: Store, node: Node) -> list[TaskSpec]:
     names = {r.id: {"name": r.name, "values": r.values} for r in graph.experiment.runs if r.id in set(node.runs)}
     common = dict(stage=node.stage, key=node.key, size=node.size, store_root=str(store.root), config=node.config,
                   inputs=inputs, runs=tuple(node.runs), experiment=graph.experiment.name,
-                  extra={"runs": names, "experiment": graph.experiment.name})
+                  extra={"runs": names, "experiment": graph.experiment.name}, gpus=node.resources.gpus or 0)
     return [TaskSpec(index=i, **common) for i in range(node.size)]
 
 

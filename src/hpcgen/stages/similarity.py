@@ -79,6 +79,9 @@ class Similarity(Stage):
     upstream = ("embed",)
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=16384, time=120)
 
+    def gpu_libraries(self, cfg) -> tuple[str, ...]:
+        return () if cfg.similarity.backend == "numpy" else ("cupy",)
+
     def plan(self, cfg, upstream=None) -> int:
         sim = cfg.similarity
         if sim.tasks:

@@ -25,7 +25,8 @@ from hpcgen.pipeline.stage import Estimate, Stage, Task
 PRESETS: dict[str, dict[str, Any]] = {
     # the data-arrangement paper: LLaMA-2-7B full fine-tuning
     "llama2-7b": {"model": "meta-llama/Llama-2-7b-hf", "max_length": 1024, "epochs": 1, "global_batch": 16,
-                  "micro_batch": 1,  # 2 nodes x 8 GPUs x 1 = 16: the paper's global batch, no accumulation "lr": 1e-6, "schedule": "cosine", "save_every": 10, "deepspeed": "zero3",
+                  # 2 nodes x 8 GPUs x micro batch 1 = the paper's global batch of 16, no accumulation
+                  "micro_batch": 1, "lr": 1e-6, "schedule": "cosine", "save_every": 10, "deepspeed": "zero3",
                   "precision": "bf16"},
     # the instruction-diversity paper: GPT-2, 6 layers, 4 heads, hidden 256, from scratch
     "gpt2-rewriting": {"architecture": "gpt2", "layers": 6, "heads": 4, "hidden": 256, "tokenizer": "char",

@@ -50,10 +50,10 @@ class Executor(ABC):
     def log_dir(self, stage: str) -> Path:
         return self.exp.dir / "logs" / stage
 
-    @property
-    def python(self) -> str | None:
-        """The command that starts a task's Python (None: this interpreter)."""
-        return python_command(self.exp.cluster.container) if self.own_processes else None
+    def python(self, resources: Resources) -> str | None:
+        """The command that starts the Python of a job with these resources (None: this
+        interpreter)."""
+        return python_command(self.exp.cluster.container, resources.gpus or 0) if self.own_processes else None
 
     def check(self) -> None:
         """Refuse, before anything is written, what this executor cannot run (ConfigError).

@@ -46,7 +46,7 @@ class LocalExecutor(Executor):
         failed: dict[str, str] = {}
         bad_input: dict[str, str] = {}  # a stage found bad input data: exit code 2
         running: dict[str, _Running] = {}
-        executors: dict[str, submitit.LocalExecutor] = {}
+        executors: dict[tuple[str, str | None], submitit.LocalExecutor] = {}
         marker = self.exp.dir / "local.json"
         write_json(marker, {"host": socket.gethostname(), "pid": os.getpid(), "started": now()})
 
@@ -145,11 +145,13 @@ class LocalExecutor(Executor):
         text = str(exc).strip().splitlines()
         return (text[0] if text else type(exc).__name__), False
 
-    def _start(self, spec: TaskSpec, batch: Batch, executors: dict[str, submitit.LocalExecutor]) -> submitit.Job:
-        ex = executors.get(batch.stage)
+    def _start(self, spec: TaskSpec, batch: Batch,
+               executors: dict[tuple[str, str | None], submitit.LocalExecutor]) -> submitit.Job:
+        python = self.python(batch.resources)
+        ex = executors.get((batch.stage, python))
         if ex is None:
-            ex = submitit.LocalExecutor(folder=self.log_dir(batch.stage), python=self.python)
-            executors[batch.stage] = ex
+            ex = submitit.LocalExecutor(folder=self.log_dir(batch.stage), python=python)
+            executors[(batch.stage, python)] = ex
         r = batch.resources
         cpus = min(max(1, os.cpu_count() or 1), r.cpus or 1)
         ex.update_parameters(timeout_min=r.time or 60, tasks_per_node=r.tasks_per_node or 1,

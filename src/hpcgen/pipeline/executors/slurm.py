@@ -179,7 +179,6 @@ class SlurmExecutor(Executor):
         limit = max_array_size() - 1
         if cluster.max_array_size:
             limit = min(limit, cluster.max_array_size)
-        python = self.python
         array_ids: list[list[str]] = []
         n_jobs = 0
         for batch in batches:
@@ -187,7 +186,8 @@ class SlurmExecutor(Executor):
             for b in batch.after:
                 dependency += array_ids[b]
             folder = self.log_dir(batch.stage)
-            ex = submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=cluster.max_requeues)
+            ex = submitit.SlurmExecutor(folder=folder, python=self.python(batch.resources),
+                                        max_num_timeout=cluster.max_requeues)
             ex.update_parameters(**sbatch_parameters(
                 batch.resources, job_name=f"{self.exp.name}.{batch.stage}", dependency=dependency,
                 signal_delay_s=cluster.signal_delay_s))
