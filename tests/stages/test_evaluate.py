@@ -95,3 +95,64 @@ eval: {generate: true, max_new_tokens: 10, reward_model: REWARD}
         assert em.shape == (2, 8) and set(np.unique(em)) <= {0.0, 1.0}
         assert np.all((r1 >= 0) & (r1 <= 1)) and np.all((rl >= 0) & (rl <= r1 + 1e-6))  # LCS <= unigram overlap
         assert np.all(r1[em == 1] == 1)  # an exact match is a perfect ROUGE-1
+
+
+def _losses(path):
+    with h5py.File(path) as f:
+        return {int(s): row for s, row in zip(f["steps"][:], f["loss"][:])}
+
+
+def test_a_stopped_evaluation_goes_on_from_its_committed_snapshots(tmp_path):
+    """Each snapshot's result is committed as it finishes: a rerun of the task (a time limit, a
+    requeue) reuses them instead of starting again at snapshot 0."""
+    (tmp_path / "exp.yaml").write_text(BASE + "eval: {tasks: 1}\n")
+    assert main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"]) == 0
+    [node] = list((tmp_path / "out" / "store" / "evaluate").iterdir())
+    work = node / "work-00000"
+    assert sorted(p.name for p in work.glob("step-*.h5")) == ["step-000004.h5", "step-000008.h5", "step-000011.h5"]
+    first = _losses(node / "losses-00000.h5")
+    # as if stopped after its first two snapshots: no marker, no output, no third result; and a
+    # mark in the first result, to tell reuse from recomputation
+    (node / "completions" / "00000.json").unlink()
+    (node / "losses-00000.h5").unlink()
+    (work / "step-000011.h5").unlink()
+    with h5py.File(work / "step-000004.h5", "r+") as f:
+        f["loss"][0] = 123.0
+    assert main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"]) == 0
+    again = _losses(node / "losses-00000.h5")
+    assert again[4][0] == 123.0 and np.allclose(again[4][1:], first[4][1:], equal_nan=True)  # reused
+    assert np.allclose(again[8], first[8], equal_nan=True)
+    assert np.allclose(again[11], first[11], atol=1e-5, equal_nan=True)  # evaluated again
+
+
+def test_weights_are_deleted_only_after_their_result_is_committed(tmp_path):
+    (tmp_path / "exp.yaml").write_text(BASE + "eval: {tasks: 1, delete_after: true}\n")
+    assert main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"]) == 0
+    [node] = list((tmp_path / "out" / "store" / "evaluate").iterdir())
+    assert not list((tmp_path / "out" / "store" / "train").glob("*/work-00000/snapshots/*/*.safetensors"))
+    first = _losses(node / "losses-00000.h5")
+    # stopped after its last snapshot's result, before its output: every weight is gone, and the
+    # rerun needs none of them
+    (node / "completions" / "00000.json").unlink()
+    (node / "losses-00000.h5").unlink()
+    assert main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"]) == 0
+    again = _losses(node / "losses-00000.h5")
+    assert again.keys() == first.keys() and all(np.array_equal(again[k], first[k], equal_nan=True) for k in first)
+
+
+def test_a_reward_model_whose_head_does_not_load_is_refused(tmp_path):
+    """A checkpoint without the sequence-classification head (a causal LM here, as UltraRM's own
+    class looks to transformers) would score with a random head: refused, naming the weights."""
+    import pytest
+
+    from hpcgen.errors import ConfigError
+    from hpcgen.stages.evaluate import RewardModel
+
+    tok = char_tokenizer(["abcd"])
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ConfigError, match=r"eval.reward_model: reward model .* has no weights for score.weight"):
+        RewardModel(str(tmp_path / "lm"))
+    scorer = RewardModel(str(reward_model(tmp_path)))  # a complete checkpoint loads
+    assert scorer.scores(["ab"], ["cd"], "{prompt}>{answer}", 4).shape == (1,)

@@ -2,7 +2,9 @@
 
 Array task i evaluates the snapshots whose position in ``snapshots.json`` is i, i + tasks,
 i + 2·tasks, ... (so the array size need not equal the number of snapshots, which is only known
-once training ran). Per snapshot and test record: the mean cross-entropy over the answer tokens,
+once training ran). Each snapshot's result is committed on its own as it finishes
+(``work-IIIII/step-SSSSSS.h5``, renamed into place), and only then, with ``delete_after``, are its
+weights deleted: a task stopped by its time limit or requeued goes on with the next snapshot. Per snapshot and test record: the mean cross-entropy over the answer tokens,
 with the training stage's template, tokenizer and masking; batches are grouped by length.
 
 ``losses-IIIII.h5``:
@@ -16,6 +18,7 @@ with the training stage's template, tokenizer and masking; batches are grouped b
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -38,24 +41,46 @@ class EvalConfig(StageConfig):
     reward_template: str = "Human: {prompt}\n\nAssistant: {answer}"
 
 
-def reward_scores(path: str, prompts: list[str], answers: list[str], template: str, batch_size: int,
-                  device: str = "cpu") -> np.ndarray:
-    """The reward model's score (its first logit) of every prompt and answer."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class RewardModel:
+    """A sequence-classification model scoring prompt + answer (its first logit), loaded once per
+    task (bf16 on a GPU). A checkpoint whose head does not load into the class transformers picks
+    (UltraRM-13B's ``regression_head`` in its own class, say) would score with a randomly
+    initialised head: refused, naming the missing weights."""
 
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-    model.config.pad_token_id = tok.pad_token_id
-    texts = [template.format(prompt=p, answer=a) for p, a in zip(prompts, answers)]
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(texts), batch_size):
-            batch = tok(texts[lo:lo + batch_size], return_tensors="pt", padding=True, truncation=True).to(device)
-            out += model(**batch).logits[:, 0].float().cpu().tolist()
-    return np.asarray(out, dtype=np.float32)
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from hpcgen.errors import ConfigError
+
+        self.device = device
+        self.tok = AutoTokenizer.from_pretrained(path)
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=dtype,
+                                                                         output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ConfigError(f"reward model {path!r} has no weights for {shown}: transformers would score with "
+                              "a randomly initialised head", key="eval.reward_model",
+                              fix="use a checkpoint saved as a sequence-classification model (convert a custom "
+                                  "head such as UltraRM's regression_head to the class's score layer)")
+        self.model = model.to(device).eval()
+        self.model.config.pad_token_id = self.tok.pad_token_id
+
+    def scores(self, prompts: list[str], answers: list[str], template: str, batch_size: int) -> np.ndarray:
+        import torch
+
+        texts = [template.format(prompt=p, answer=a) for p, a in zip(prompts, answers)]
+        out = []
+        with torch.no_grad():
+            for lo in range(0, len(texts), batch_size):
+                batch = self.tok(texts[lo:lo + batch_size], return_tensors="pt", padding=True,
+                                 truncation=True).to(self.device)
+                out += self.model(**batch).logits[:, 0].float().cpu().tolist()
+        return np.asarray(out, dtype=np.float32)
 
 
 def generate_answers(model, tokenizer, prompts: list[str], template: str, max_length: int, max_new_tokens: int,
@@ -153,38 +178,50 @@ class Evaluate(Stage):
         snapshots = json.loads((trained / "snapshots.json").read_text())
         mine = snapshots[task.index::task.size]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        losses = np.full((len(mine), len(test)), np.nan, dtype=np.float32)
         names = ("exact_match", "rouge1", "rougeL") + (("reward",) if cfg.reward_model else ())
-        scores = {m: np.full((len(mine), len(test)), np.nan, dtype=np.float32) for m in names} if cfg.generate else {}
+        metrics = ("loss",) + (names if cfg.generate else ())
+        rewarder = RewardModel(cfg.reward_model, device) if cfg.reward_model else None  # once, before any work
+        prompts, answers_ref = [r["prompt"] for r in test], [r["answer"] for r in test]
+        results = {m: np.full((len(mine), len(test)), np.nan, dtype=np.float32) for m in metrics}
         for k, snap in enumerate(mine):
+            done = task.work_dir / f"step-{snap['step']:06d}.h5"  # this snapshot's result, committed
+            if done.is_file():  # by an earlier attempt of this task (a time limit, a requeue)
+                with h5py.File(done) as f:
+                    for m in metrics:
+                        results[m][k] = f[m][:]
+                task.log.info("snapshot step %d: evaluated by an earlier attempt", snap["step"])
+                continue
             path = trained / snap["path"]
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
             model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
-            enc = encode(tokenizer, [r["prompt"] for r in test], [r["answer"] for r in test], template,
-                         train_cfg.max_length)
-            losses[k] = per_sample_loss(model, enc, tokenizer.pad_token_id, cfg.batch_size, device)
+            enc = encode(tokenizer, prompts, answers_ref, template, train_cfg.max_length)
+            results["loss"][k] = per_sample_loss(model, enc, tokenizer.pad_token_id, cfg.batch_size, device)
             if cfg.generate:
                 from hpcgen.metrics.text import exact_match, rouge
 
-                answers = generate_answers(model, tokenizer, [r["prompt"] for r in test], template,
-                                           train_cfg.max_length, cfg.max_new_tokens, cfg.batch_size, device)
+                answers = generate_answers(model, tokenizer, prompts, template, train_cfg.max_length,
+                                           cfg.max_new_tokens, cfg.batch_size, device)
                 for j, (pred, rec) in enumerate(zip(answers, test)):
-                    scores["exact_match"][k, j] = exact_match(pred, rec["answer"])
+                    results["exact_match"][k, j] = exact_match(pred, rec["answer"])
                     r = rouge(pred, rec["answer"])
-                    scores["rouge1"][k, j], scores["rougeL"][k, j] = r["rouge1"], r["rougeL"]
-                if cfg.reward_model:
-                    scores["reward"][k] = reward_scores(cfg.reward_model, [r["prompt"] for r in test], answers,
-                                                        cfg.reward_template, cfg.batch_size, device)
-            task.log.info("snapshot step %d: mean test loss %.4f", snap["step"], float(np.nanmean(losses[k])))
-            if cfg.delete_after:
+                    results["rouge1"][k, j], results["rougeL"][k, j] = r["rouge1"], r["rougeL"]
+                if rewarder is not None:
+                    results["reward"][k] = rewarder.scores(prompts, answers, cfg.reward_template, cfg.batch_size)
+            del model
+            tmp = done.with_name(f".tmp-{done.name}")
+            with h5py.File(tmp, "w") as f:
+                for m in metrics:
+                    f.create_dataset(m, data=results[m][k])
+            os.replace(tmp, done)  # committed: a later attempt skips this snapshot
+            task.log.info("snapshot step %d: mean test loss %.4f", snap["step"], float(np.nanmean(results["loss"][k])))
+            if cfg.delete_after:  # only now that its result is committed
                 for weights in list(path.glob("*.safetensors")) + list(path.glob("*.bin")):
                     weights.unlink()
         with h5py.File(task.output(f"losses-{task.index:05d}.h5"), "w") as f:
             f.create_dataset("steps", data=np.asarray([s["step"] for s in mine], dtype=np.int64))
             f.create_dataset("items_seen", data=np.asarray([s["items_seen"] for s in mine], dtype=np.int64))
-            f.create_dataset("loss", data=losses)
-            for metric, values in scores.items():
+            for metric, values in results.items():
                 f.create_dataset(metric, data=values)
             f.create_dataset("ids", data=[r["id"] for r in test], dtype=STR)
             f.create_dataset("task", data=[r["task"] for r in test], dtype=STR)
