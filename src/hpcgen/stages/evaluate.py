@@ -4,8 +4,9 @@ Array task i evaluates the snapshots whose position in ``snapshots.json`` is i, 
 i + 2·tasks, ... (so the array size need not equal the number of snapshots, which is only known
 once training ran). Each snapshot's result is committed on its own as it finishes
 (``work-IIIII/step-SSSSSS.h5``, renamed into place), and only then, with ``delete_after``, are its
-weights deleted: a task stopped by its time limit or requeued goes on with the next snapshot. Per snapshot and test record: the mean cross-entropy over the answer tokens,
-with the training stage's template, tokenizer and masking; batches are grouped by length.
+weights deleted: a task stopped by its time limit or requeued goes on with the next snapshot.
+Per snapshot and test record: the mean cross-entropy over the answer tokens, with the training
+stage's template, tokenizer and masking; batches are grouped by length.
 
 ``losses-IIIII.h5``:
     /steps      int64 (k)          the snapshots' training steps
