@@ -77,6 +77,7 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     check_inputs(exp, graph)
     data = graph.to_dict()
     if args.sbatch:
+        from hpcgen.config.schema import signal_delay
         from hpcgen.pipeline.container import python_command
         from hpcgen.pipeline.executors.slurm import render_script, sbatch_parameters
 
@@ -84,7 +85,7 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
         if not nodes:
             raise ConfigError(f"no stage {args.sbatch!r} in this experiment's graph", key="--sbatch")
         params = sbatch_parameters(nodes[0].resources, job_name=f"{exp.name}.{args.sbatch}",
-                                   dependency=[], signal_delay_s=exp.cluster.signal_delay_s)
+                                   dependency=[], signal_delay_s=signal_delay(nodes[0].resources))
         size = sum(n.size for n in nodes if n.resources == nodes[0].resources)
         print(render_script(params, exp.dir / "logs" / args.sbatch, size,
                             python_command(exp.cluster.container, nodes[0].resources.gpus or 0)))

@@ -172,3 +172,45 @@ def test_in_loop_test_loss(tmp_path):
     assert [r["step"] for r in rows] == [s["step"] for s in snaps] == [4, 8, 11]
     losses = [r["test_loss"] for r in rows]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]  # it learns something about unseen tasks
+
+
+def test_a_requeue_signal_at_a_snapshot_step_saves_first_and_snapshots_after(single, tmp_path):
+    """SIGUSR2 (Slurm's requeue signal) spends the time left on the resumable save: a snapshot
+    due at that step is skipped then and written first thing after the requeue, so the snapshots
+    stay dense and the run ends where an uninterrupted one does. Every step is a snapshot step
+    here, so the signal lands on one whenever it arrives."""
+    import threading
+
+    text = BASE.replace("global_batch: 16}", "global_batch: 16, micro_batch: 8}").replace(
+        "save_every: 4, resume_every: 3", "save_every: 1, resume_every: 1000")
+    (tmp_path / "exp.yaml").write_text(text)
+    metrics = tmp_path / "out" / "store" / "train"
+
+    def signal_after_two_steps():
+        wait_for(lambda: [p for p in metrics.glob("*/work-00000/metrics.jsonl")
+                          if len(p.read_text().splitlines()) >= 2], timeout=300, interval=0.02,
+                 what="two training steps")
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    watcher = threading.Thread(target=signal_after_two_steps, daemon=True)
+    watcher.start()
+    with pytest.raises(SystemExit):  # no scheduler to requeue under the debug executor: it stops
+        main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"])
+    watcher.join()
+    node = run_dir(tmp_path)
+    work = node / "work-00000"
+    saved = sorted(int(p.name.split("-")[1]) for p in (work / "resume").glob("step-*"))
+    [stopped] = saved
+    assert not (work / "snapshots" / f"step-{stopped:06d}").exists()  # skipped for the save
+    assert main(["submit", str(tmp_path / "exp.yaml"), "--executor", "debug"]) == 0
+    snaps = [s["step"] for s in json.loads((node / "snapshots.json").read_text())]
+    assert snaps == list(range(1, 12))  # dense again: the skipped one was written on resume
+    assert np.allclose(curve(node), curve(single), atol=1e-6, rtol=0)
+    last = "step-000011"
+    a = load_file(work / "snapshots" / last / "model.safetensors")
+    b = load_file(single / "work-00000" / "snapshots" / last / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    if stopped in (4, 8):  # steps at which the uninterrupted run has snapshots too
+        ref = load_file(single / "work-00000" / "snapshots" / f"step-{stopped:06d}" / "model.safetensors")
+        mine = load_file(work / "snapshots" / f"step-{stopped:06d}" / "model.safetensors")
+        assert all(np.array_equal(ref[k], mine[k]) for k in ref)

@@ -202,9 +202,20 @@ class Resources(Model):
     account: SafeStr | None = None
     qos: SafeStr | None = None
     array_parallelism: int | None = Field(None, ge=1, description="array tasks running at once")
+    signal_delay_s: int | None = Field(
+        None, ge=0, description="SIGUSR2 this many seconds before the time limit, then requeue (default 120): "
+        "long enough for a step, a snapshot and a resumable save")
     sbatch: dict[SbatchKey, SbatchValue] = Field(
         default_factory=dict, description="extra sbatch options, e.g. {constraint: a100}"
     )
+
+
+#: seconds between the requeue signal and the time limit, where no layer sets signal_delay_s
+DEFAULT_SIGNAL_DELAY_S = 120
+
+
+def signal_delay(resources: Resources) -> int:
+    return DEFAULT_SIGNAL_DELAY_S if resources.signal_delay_s is None else resources.signal_delay_s
 
 
 def layered(base: Resources, *layers: BaseModel | None) -> Resources:
@@ -240,9 +251,6 @@ class Container(Model):
 
 class Cluster(Resources):
     executor: Literal["auto", "slurm", "local", "debug"] = "auto"
-    signal_delay_s: int = Field(
-        120, ge=0, description="SIGUSR2 this many seconds before the time limit, then requeue"
-    )
     max_requeues: int = Field(3, ge=0, description="requeues after preemption or time-out")
     max_array_size: int | None = Field(
         None, ge=1, description="largest array to submit (default: the cluster's MaxArraySize - 1)"

@@ -342,6 +342,19 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     if records.get("test"):
         prompts, answers = zip(*records["test"])
         test_enc = encode(tokenizer, list(prompts), list(answers), template, cfg.max_length)
+    def snapshot(done: int, loss: float) -> None:
+        info = {"items_seen": done * feed.global_batch, "loss": loss}
+        if test_enc is not None:
+            info["test_loss"] = test_loss(engine, test_enc, tokenizer.pad_token_id, cfg.micro_batch)
+            if rank == 0:
+                with open(work / "test_loss.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": done, "test_loss": info["test_loss"]}) + "\n")
+        save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank)
+
+    if start and start % cfg.save_every == 0 and not (snap_dir / f"step-{start:06d}" / "snapshot.json").is_file():
+        # preempted at a snapshot step, before the snapshot: the weights are those of that step now
+        last = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln] if metrics_path.is_file() else []
+        snapshot(start, float(last[-1]["loss"]) if last else float("nan"))
     preempt = Preemption()
     board = None
     if rank == 0:
@@ -379,21 +392,16 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
                     if row[name] is not None:
                         board.add_scalar(f"train/{name}", row[name], step + 1)
         done = step + 1
-        if done % cfg.save_every == 0 or done == feed.steps:
-            info = {"items_seen": done * feed.global_batch, "loss": float(stats[0])}
-            if test_enc is not None:
-                info["test_loss"] = test_loss(engine, test_enc, tokenizer.pad_token_id, cfg.micro_batch)
-                if rank == 0:
-                    with open(work / "test_loss.jsonl", "a") as fh:
-                        fh.write(json.dumps({"step": done, "test_loss": info["test_loss"]}) + "\n")
-            save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank)
-        if done % cfg.resume_every == 0 and done < feed.steps:
-            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
         if done < feed.steps and preempt.agreed(world, engine.device):
-            # every rank saw the request by this step boundary: save together, then requeue
+            # every rank saw the request by this step boundary: the time left goes to the resumable
+            # save; a snapshot due now is written first thing after the requeue (below)
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
             task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
             preempt.requeue(rank)
+        if done % cfg.save_every == 0 or done == feed.steps:
+            snapshot(done, float(stats[0]))
+        if done % cfg.resume_every == 0 and done < feed.steps:
+            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
     preempt.restore()
     if board is not None:
         board.close()

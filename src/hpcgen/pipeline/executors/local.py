@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import submitit
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hpcgen.config.schema import signal_delay
 from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
 from hpcgen.pipeline.runner import TaskRunner, TaskSpec
 from hpcgen.pipeline.store import now, read_json, write_json
@@ -156,7 +157,7 @@ class LocalExecutor(Executor):
         cpus = min(max(1, os.cpu_count() or 1), r.cpus or 1)
         ex.update_parameters(timeout_min=r.time or 60, tasks_per_node=r.tasks_per_node or 1,
                              nodes=1, gpus_per_node=r.gpus or 0,
-                             signal_delay_s=self.exp.cluster.signal_delay_s, setup=thread_setup(str(cpus)))
+                             signal_delay_s=signal_delay(r), setup=thread_setup(str(cpus)))
         job = ex.submit(TaskRunner(spec))
         write_json(self.store.submission(spec.stage.name, spec.key, spec.index), {
             "executor": self.name, "job_id": job.job_id, "host": socket.gethostname(),

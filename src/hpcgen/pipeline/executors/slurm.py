@@ -19,7 +19,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string  # what submitit itself renders
 
-from hpcgen.config.schema import Resources
+from hpcgen.config.schema import Resources, signal_delay
 from hpcgen.errors import ConfigError, SubmitError
 from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
 from hpcgen.pipeline.runner import TaskRunner
@@ -190,7 +190,7 @@ class SlurmExecutor(Executor):
                                         max_num_timeout=cluster.max_requeues)
             ex.update_parameters(**sbatch_parameters(
                 batch.resources, job_name=f"{self.exp.name}.{batch.stage}", dependency=dependency,
-                signal_delay_s=cluster.signal_delay_s))
+                signal_delay_s=signal_delay(batch.resources)))
             self.stamp(batch.specs)
             ids: list[str] = []
             for start in range(0, len(batch.specs), limit):
