@@ -134,7 +134,11 @@ def test_interrupted_run_resumes_to_the_same_curve_and_weights(tmp_path):
     ("model: ./no-such-model", "train.model: model path './no-such-model' does not exist", 10),
     ("micro_batch: 5", "micro_batch 5 does not divide global_batch 16", 9),
     ("max_length: 1", "train.max_length: max_length 1 is shorter than every answer", None),
+    # caught at plan, before anything runs
     ("deepspeed_overrides: {zero_optimization: {stage: 7}}",
+     "train.deepspeed_overrides: ZeRO stage 7 does not exist", 10),
+    # only DeepSpeed itself knows its other settings: refused when the engine starts
+    ("deepspeed_overrides: {zero_optimization: {stage: 2, overlap_comm: maybe}}",
      "train.deepspeed: DeepSpeed rejected the config", None),
 ])
 def test_bad_training_input_is_one_line_exit_2(change, expected, line, tmp_path, capsys):
