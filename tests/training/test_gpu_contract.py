@@ -31,11 +31,15 @@ def eight_gpus(monkeypatch):
     import deepspeed
 
     monkeypatch.setattr(deepspeed, "init_distributed", lambda **kw: inits.append(kw))
+    import os
+
+    saved = dict(os.environ)  # submitit's export() writes os.environ directly: restore it all after
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in SLURM_RANK_9_OF_16.items():
-        monkeypatch.setenv(k, v)
-    return bound, inits
+        os.environ.pop(k, None)
+    os.environ.update(SLURM_RANK_9_OF_16)
+    yield bound, inits
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_each_rank_binds_its_own_gpu_and_sees_all_of_them(eight_gpus, monkeypatch):
@@ -103,12 +107,15 @@ def test_step_stats_reduce_over_a_real_gloo_group():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    mine = not dist.is_initialized()  # an in-process training run may have left its group
+    if mine:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         loss, tokens = loop.step_stats(torch.tensor(1.5), 96, torch.device("cpu"), world=1).tolist()
         assert (loss, tokens) == (1.5, 96.0)
     finally:
-        dist.destroy_process_group()
+        if mine:
+            dist.destroy_process_group()
 
 
 def test_a_task_given_gpus_refuses_to_run_without_them(cli, write_exp, events, tmp_path):
@@ -146,3 +153,59 @@ def test_similarity_on_a_gpu_needs_cupy_unless_told_numpy():
 
     assert Similarity().gpu_libraries(Cfg("auto")) == ("cupy",)
     assert Similarity().gpu_libraries(Cfg("numpy")) == ()
+
+
+def test_the_optimizer_is_fused_adam_on_a_gpu_cpu_adam_under_offload_torch_on_cpu():
+    from deepspeed.ops.adam import FusedAdam
+
+    from hpcgen.training.loop import optimizer_kind
+
+    offload = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
+    assert optimizer_kind({}, "cuda") == "fused_adam" and optimizer_kind(offload, "cuda") == "cpu_adam"
+    assert optimizer_kind({}, "cpu") == "torch" and optimizer_kind(offload, "cpu") == "cpu_adam"
+    assert "adam_w_mode" in inspect.signature(FusedAdam).parameters  # how make_optimizer asks for AdamW
+
+
+ZERO3_LOAD = r"""
+import json, os, sys
+from types import SimpleNamespace
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from hpcgen.training.loop import setup_distributed
+from hpcgen.training.model import build_model
+setup_distributed(0, 1)
+ds = {"zero_optimization": {"stage": 3}, "train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
+      "gradient_accumulation_steps": 1, "bf16": {"enabled": False}}
+out = {}
+for name, model in (("pretrained", sys.argv[1]), ("fresh", None)):
+    cfg = SimpleNamespace(seed=0, model=model, architecture="llama", hidden=32, layers=1, heads=2,
+                          intermediate=None, max_length=64, gradient_checkpointing=False, partitioned_init=True)
+    m = build_model(cfg, 128, 0, 1, 2, ds)
+    params = list(m.parameters())
+    out[name] = {"partitioned": all(hasattr(p, "ds_id") for p in params),
+                 "local_elements": sum(p.numel() for p in params),
+                 "full_elements": sum(p.ds_numel for p in params if hasattr(p, "ds_numel"))}
+print(json.dumps(out))
+"""
+
+
+def test_zero3_creates_models_partitioned(tmp_path):
+    """Under ZeRO-3 a pretrained model is read through HfDeepSpeedConfig (and a fresh one, with
+    partitioned_init, built inside zero.Init): every parameter arrives partitioned (DeepSpeed's
+    ds_id), no rank ever holds the whole model. Real DeepSpeed on its CPU accelerator, one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "tiny")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run([sys.executable, "-c", ZERO3_LOAD, str(tmp_path / "tiny")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("pretrained", "fresh"):
+        assert out[name]["partitioned"], out
+        assert out[name]["full_elements"] > 0 and out[name]["local_elements"] == 0, out  # held as shards

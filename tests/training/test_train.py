@@ -218,3 +218,17 @@ def test_a_requeue_signal_at_a_snapshot_step_saves_first_and_snapshots_after(sin
         ref = load_file(single / "work-00000" / "snapshots" / f"step-{stopped:06d}" / "model.safetensors")
         mine = load_file(work / "snapshots" / f"step-{stopped:06d}" / "model.safetensors")
         assert all(np.array_equal(ref[k], mine[k]) for k in ref)
+
+
+def test_gradient_checkpointing_trains_the_same_model(single, tmp_path):
+    """Recomputing activations in the backward pass changes memory, not the result."""
+    text = BASE.replace("global_batch: 16}", "global_batch: 16, micro_batch: 8, gradient_checkpointing: true}")
+    assert submit(tmp_path, text, "--executor", "debug") == 0
+    node = run_dir(tmp_path)
+    assert np.allclose(curve(node), curve(single), atol=1e-5, rtol=0)
+    import json as _json
+
+    from transformers import AutoConfig
+
+    snap = node / _json.loads((node / "snapshots.json").read_text())[-1]["path"]
+    assert AutoConfig.from_pretrained(snap).use_cache is False

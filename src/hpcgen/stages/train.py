@@ -70,6 +70,11 @@ class TrainConfig(StageConfig):
     resume_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     keep_resumable: int = Field(2, ge=1)
     eval_in_loop: bool = Field(False, description="test loss inside the training job at each snapshot")
+    partitioned_init: bool = Field(False, description="ZeRO-3: build a from-scratch model inside zero.Init "
+                                   "(each rank holds only its shard from the start; other initial weights than "
+                                   "the same seed gives under other stages)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass "
+                                         "(less memory, about a third more compute)")
     dist_timeout_min: float = Field(60.0, gt=0, description="collective timeout: ranks wait this long at a "
                                     "barrier (a 7B load, rank 0's snapshot write) before failing")
     seed: int = 0

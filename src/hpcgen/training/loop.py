@@ -4,6 +4,7 @@ model, DeepSpeed, then steps with metrics, evaluation snapshots and resumable ch
 Files (in the task's work directory, which survives requeues):
     tokenizer/                  saved once by rank 0
     metrics.jsonl               one line per step: loss, lr, grad_norm, tokens/s, items
+    encoded-<max_length>.pkl    the token ids of the training records, written once by rank 0
     consumed-rank<R>.jsonl      the training rows each rank consumed at each step
     snapshots/step-NNNNNN/      evaluation snapshots: safetensors weights + config + tokenizer,
                                 written under a temporary name, renamed, snapshot.json last
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import socket
@@ -120,18 +122,31 @@ def deepspeed_config(cfg, micro: int, accumulation: int, world: int, device: str
     return ds
 
 
-def make_optimizer(model, cfg, ds_config: dict):
-    """AdamW. When ZeRO keeps the optimizer state off the GPU (the *-offload presets) the step runs
-    on the CPU, and DeepSpeed requires its own vectorised CPU Adam for that (same update rule in
-    AdamW mode; a pre-built op in the images, compiled at first use elsewhere)."""
+def optimizer_kind(ds_config: dict, device: str) -> str:
+    """Which AdamW implementation the step uses (the same update rule in each):
+    ``cpu_adam`` when ZeRO keeps the optimizer state off the GPU (the *-offload presets: DeepSpeed
+    requires its vectorised CPU Adam there), ``fused_adam`` on a GPU (DeepSpeed's fused CUDA
+    kernel, pre-built in the image), ``torch`` on a CPU."""
+    offload = (ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+    if offload in ("cpu", "nvme"):
+        return "cpu_adam"
+    return "fused_adam" if device == "cuda" else "torch"
+
+
+def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
+    """AdamW, as ``optimizer_kind`` chooses."""
     import torch
 
-    offload = (ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    if offload in ("cpu", "nvme"):
+    kind = optimizer_kind(ds_config, device)
+    if kind == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(model.parameters(), adamw_mode=True, **kwargs)
+    if kind == "fused_adam":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(model.parameters(), adam_w_mode=True, **kwargs)
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
@@ -284,9 +299,23 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
 
-    # data in the arranged order; records whose answer alone is too long are left out
-    enc = encode(tokenizer, [records["prompt"][i] for i in order_rows], [records["answer"][i] for i in order_rows],
-                 template, cfg.max_length)
+    # data in the arranged order, tokenized once by rank 0 and read by the others (16 ranks
+    # tokenizing the same 30k records would only compete for the node's CPUs); records whose
+    # answer alone is too long are left out
+    enc_file = work / f"encoded-{cfg.max_length}.pkl"
+    if rank == 0 and not enc_file.is_file():
+        enc = encode(tokenizer, [records["prompt"][i] for i in order_rows],
+                     [records["answer"][i] for i in order_rows], template, cfg.max_length)
+        tmp = enc_file.with_name(f".tmp-{enc_file.name}")
+        with open(tmp, "wb") as fh:
+            pickle.dump(enc, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, enc_file)
+    if dist.is_initialized():
+        dist.barrier()
+    with open(enc_file, "rb") as fh:
+        enc = pickle.load(fh)
+    if len(enc.ids) != len(order_rows):
+        raise RuntimeError(f"{enc_file} holds {len(enc.ids)} records, the arrangement {len(order_rows)}")
     if len(enc.too_long) == len(order_rows):
         raise ConfigError(f"max_length {cfg.max_length} is shorter than every answer", key="train.max_length",
                           fix="raise max_length")
@@ -299,9 +328,10 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
                           key="train.global_batch", fix="lower the global batch")
 
     # model, optimizer, schedule, DeepSpeed
-    model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     ds_config = deepspeed_config(cfg, cfg.micro_batch, accumulation, world, device)
-    optimizer = make_optimizer(model, cfg, ds_config)
+    model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                        ds_config)
+    optimizer = make_optimizer(model, cfg, ds_config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, feed.steps))
     try:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
