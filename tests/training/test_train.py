@@ -232,3 +232,30 @@ def test_gradient_checkpointing_trains_the_same_model(single, tmp_path):
 
     snap = node / _json.loads((node / "snapshots.json").read_text())[-1]["path"]
     assert AutoConfig.from_pretrained(snap).use_cache is False
+
+
+def test_two_zero3_ranks_split_the_in_loop_evaluation_and_gather_snapshots_by_group(tmp_path, monkeypatch):
+    """ZeRO-3 on two ranks: the in-loop test loss, with the test records split over the ranks and
+    reduced, equals one process's; snapshots gathered a few parameters at a time (a tiny group
+    budget forces many groups) hold the weights one process trains."""
+    one = BASE.replace("global_batch: 16}", "global_batch: 16, micro_batch: 8, eval_in_loop: true}")
+    (tmp_path / "one").mkdir()
+    assert submit(tmp_path / "one", one, "--executor", "debug") == 0
+    two = BASE.replace("global_batch: 16}", "global_batch: 16, micro_batch: 8, eval_in_loop: true, deepspeed: zero3, "
+                                            "resources: {tasks_per_node: 2, cpus: 1}}")
+    monkeypatch.setenv("HPCGEN_GATHER_ELEMENTS", "5000")  # read by the jobs, which start their own Python
+    (tmp_path / "two").mkdir()
+    assert submit(tmp_path / "two", two, "--executor", "local") == 0
+    a, b = run_dir(tmp_path / "one"), run_dir(tmp_path / "two")
+
+    def losses(node):
+        lines = (node / "work-00000" / "test_loss.jsonl").read_text().splitlines()
+        return [json.loads(ln)["test_loss"] for ln in lines]
+
+    assert np.allclose(losses(a), losses(b), atol=1e-5, rtol=0)
+    last = "step-000011"
+    wa = load_file(a / "work-00000" / "snapshots" / last / "model.safetensors")
+    wb = load_file(b / "work-00000" / "snapshots" / last / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(np.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    record = json.loads((b / "work-00000" / "snapshots" / last / "snapshot.json").read_text())
+    assert record["gather_groups"] > 3  # gathered in groups, not all at once

@@ -150,26 +150,109 @@ def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
-def save_snapshot(engine, tokenizer, folder: Path, step: int, info: dict, rank: int) -> None:
-    """Consolidated weights (gathered under ZeRO-3) as safetensors, loadable with from_pretrained."""
-    import deepspeed
-    import torch.distributed as dist
+#: parameters gathered at once when consolidating a ZeRO-3 snapshot (elements; 512 MB in bf16):
+#: the GPUs hold one group of full parameters at a time, never the whole model
+GATHER_ELEMENTS = int(os.environ.get("HPCGEN_GATHER_ELEMENTS", 1 << 28))
 
+
+def gather_weights(engine, rank: int, group_elements: int | None = None) -> tuple[dict, int]:
+    """The full weights on rank 0's host (pinned memory on a GPU node), parameters gathered group
+    by group under ZeRO-3 (and the number of groups); an empty dict on the other ranks, which take
+    part in each gather."""
+    import deepspeed
+    import torch
+
+    group_elements = group_elements or GATHER_ELEMENTS
     model = engine.module
-    params = list(model.parameters())
     zero3 = engine.zero_optimization_stage() == 3
-    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _Null()
-    with ctx:
-        if rank == 0:
-            tmp = folder.parent / f".tmp-{folder.name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "snapshot.json").write_text(json.dumps({"step": step, **info}) + "\n")
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    if dist.is_initialized():
-        dist.barrier()
+    pin = torch.cuda.is_available()
+    named = list(model.named_parameters())
+    groups, group, size = [], [], 0
+    for name, p in named:
+        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        if group and size + n > group_elements:
+            groups.append(group)
+            group, size = [], 0
+        group.append((name, p))
+        size += n
+    if group:
+        groups.append(group)
+    out = {}
+    for group in groups:
+        ctx = deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None) if zero3 else _Null()
+        with ctx:
+            if rank == 0:
+                for name, p in group:
+                    host = torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=pin)
+                    host.copy_(p.data, non_blocking=pin)
+                    out[name] = host
+    if pin and rank == 0:
+        torch.cuda.synchronize()
+    if rank == 0:  # persistent buffers are part of the weights too (rotary caches are not)
+        saved = set(model.state_dict())
+        for name, buf in model.named_buffers():
+            if name in saved and name not in out:
+                out[name] = buf.detach().to("cpu", copy=True)
+    return out, len(groups)
+
+
+class SnapshotWriter:
+    """Writes evaluation snapshots in the background on rank 0 while training goes on: the GPUs
+    wait only for the gather, not for 13.5 GB to reach shared storage. One write at a time (the
+    next snapshot waits for the previous one); ``close`` waits for the last."""
+
+    def __init__(self) -> None:
+        self.thread = None
+        self.error: BaseException | None = None
+        self.timings: list[dict] = []
+
+    def write(self, model, tokenizer, weights: dict, folder: Path, record: dict) -> None:
+        import threading
+
+        self.wait()
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                tmp = folder.parent / f".tmp-{folder.name}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                (tmp / "snapshot.json").write_text(json.dumps(record) + "\n")
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp, folder)
+                self.timings.append({"step": record["step"], "write_s": round(time.perf_counter() - t0, 3)})
+            except BaseException as exc:  # raised in the training thread by the next wait()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name=f"snapshot-{folder.name}", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    close = wait
+
+
+def save_snapshot(engine, tokenizer, folder: Path, step: int, info: dict, rank: int,
+                  writer: SnapshotWriter | None = None) -> None:
+    """Consolidated weights (gathered group by group under ZeRO-3) as safetensors, loadable with
+    from_pretrained; written by ``writer`` in the background (or here, without one)."""
+    t0 = time.perf_counter()
+    weights, groups = gather_weights(engine, rank)
+    if rank != 0:
+        return
+    record = {"step": step, **info, "gather_s": round(time.perf_counter() - t0, 3), "gather_groups": groups}
+    own = writer is None
+    writer = writer or SnapshotWriter()
+    writer.write(engine.module, tokenizer, weights, folder, record)
+    if own:
+        writer.close()
 
 
 class _Null:
@@ -223,28 +306,43 @@ class Preemption:
             signal.signal(signal.SIGUSR2, self.previous)
 
 
-def test_loss(engine, enc, pad_id: int, batch: int) -> float:
-    """Mean over test records of each record's mean answer-token cross-entropy (every rank runs
-    the same batches, which ZeRO-3 needs: all ranks take part in each forward)."""
+def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 1) -> float:
+    """Mean over test records of each record's mean answer-token cross-entropy. The records are
+    split over the ranks (rank r takes every world-th one) and the sums reduced on the engine's
+    device; every rank runs the same number of forwards (a short rank repeats a record it then
+    ignores), which ZeRO-3 needs: all ranks take part in each forward's parameter gathers."""
+    import math as _math
+
     import torch
+    import torch.distributed as dist
     import torch.nn.functional as F
 
     model = engine.module
     was_training = model.training
     model.eval()
     rows = [i for i in range(len(enc.ids)) if enc.ids[i] is not None]
-    per_record = []
+    mine = rows[rank::world]
+    n_batches = _math.ceil(_math.ceil(len(rows) / world) / batch)
+    total = torch.zeros(2, dtype=torch.float64, device=engine.device)  # sum of record means, records
     with torch.no_grad():
-        for lo in range(0, len(rows), batch):
-            b = {k: v.to(engine.device) for k, v in collate(rows[lo:lo + batch], enc, pad_id).items()}
+        for k in range(n_batches):
+            chunk = mine[k * batch:(k + 1) * batch]
+            real = len(chunk)
+            if not chunk:
+                chunk = rows[:1]  # a forward all ranks must take part in; its loss is not counted
+            b = {key: v.to(engine.device) for key, v in collate(chunk, enc, pad_id).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
             labels = b["labels"][:, 1:]
             ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
             mask = (labels != -100).float()
-            per_record += (ce.sum(1) / mask.sum(1).clamp(min=1)).tolist()
+            means = (ce.sum(1) / mask.sum(1).clamp(min=1)).double()[:real]
+            total[0] += means.sum()
+            total[1] += real
+    if dist.is_initialized() and world > 1:
+        dist.all_reduce(total)
     if was_training:
         model.train()
-    return float(np.mean(per_record))
+    return float(total[0] / total[1]) if float(total[1]) else float("nan")
 
 
 def save_resumable(engine, folder: Path, step: int, keep: int, rank: int) -> None:
@@ -375,12 +473,13 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     def snapshot(done: int, loss: float) -> None:
         info = {"items_seen": done * feed.global_batch, "loss": loss}
         if test_enc is not None:
-            info["test_loss"] = test_loss(engine, test_enc, tokenizer.pad_token_id, cfg.micro_batch)
+            info["test_loss"] = test_loss(engine, test_enc, tokenizer.pad_token_id, cfg.micro_batch, rank, world)
             if rank == 0:
                 with open(work / "test_loss.jsonl", "a") as fh:
                     fh.write(json.dumps({"step": done, "test_loss": info["test_loss"]}) + "\n")
-        save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank)
+        save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank, writer)
 
+    writer = SnapshotWriter()
     if start and start % cfg.save_every == 0 and not (snap_dir / f"step-{start:06d}" / "snapshot.json").is_file():
         # preempted at a snapshot step, before the snapshot: the weights are those of that step now
         last = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln] if metrics_path.is_file() else []
@@ -426,12 +525,14 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
             # every rank saw the request by this step boundary: the time left goes to the resumable
             # save; a snapshot due now is written first thing after the requeue (below)
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
+            writer.close()  # a snapshot still being written is finished first
             task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
             preempt.requeue(rank)
         if done % cfg.save_every == 0 or done == feed.steps:
             snapshot(done, float(stats[0]))
         if done % cfg.resume_every == 0 and done < feed.steps:
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
+    writer.close()
     preempt.restore()
     if board is not None:
         board.close()
