@@ -1,9 +1,11 @@
-"""A 1,000-task stage on the test Slurm cluster: how many scheduler calls submit and status make.
+"""Scheduler calls on the test Slurm cluster: a 1,000-task stage, and a 100-run matrix.
 
     sudo bash tests/cluster/slurm-up.sh && python benchmarks/bench_slurm.py
 
 Targets: the 1,000-task stage is ONE sbatch call (chunked only past MaxArraySize); `status` over
-it makes ONE Slurm query. The jobs are submitted held (`sbatch --hold`), counted, then cancelled,
+it makes ONE Slurm query. The 100-run matrix (100 seeds of one arrangement) measures what
+per-run dependencies cost: one array per run for train and for evaluate, so that each run's
+evaluation waits for its own training only. The jobs are submitted held (`sbatch --hold`), counted, then cancelled,
 so nothing runs. Scheduler commands are counted by wrappers placed first on PATH that log each
 call and hand it to the real command.
 """
@@ -31,6 +33,17 @@ cluster:
   sbatch: {hold: true}
 data: {tasks: 1000}
 """
+
+RUNS = """
+name: bench100runs
+output_dir: out
+cluster:
+  executor: slurm
+  sbatch: {hold: true}
+eval: {tasks: 4}
+matrix:
+  train.seed: [SEEDS]
+""".replace("SEEDS", ", ".join(map(str, range(100))))
 
 
 def wrap(bin_dir: Path, log: Path) -> None:
@@ -77,6 +90,12 @@ def main() -> None:
         cancel_s, _ = hpcgen("cancel", str(exp), env=env)
         cancel_calls = calls()
         states = json.loads(status)["stages"]
+        runs = tmp_path / "runs.yaml"
+        runs.write_text(RUNS)
+        runs_s, runs_out = hpcgen("submit", str(runs), env=env)
+        runs_calls = [c for c in calls() if c.startswith("sbatch")]
+        hpcgen("cancel", str(runs), env=env)
+        calls()
     sbatch = [c for c in submit_calls if c.startswith("sbatch")]
     result = {
         "tasks_in_stage": 1000,
@@ -86,6 +105,10 @@ def main() -> None:
         "status": {"seconds": round(status_s, 2), "scheduler_calls": [c.split()[0] for c in status_calls],
                    "prepare": states.get("prepare")},
         "cancel": {"seconds": round(cancel_s, 2), "scheduler_calls": [c.split()[0] for c in cancel_calls]},
+        "matrix_100_runs": {"submit_seconds": round(runs_s, 2), "sbatch_calls": len(runs_calls),
+                            "arrays_per_stage": {st: runs_out.count(f"queued {st}:") for st in
+                                                 ("prepare", "arrange", "train", "evaluate", "aggregate")},
+                            "dependencies": "per run: each evaluation array waits on its own train task"},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                    f"{subprocess.run(['sinfo', '--version'], capture_output=True, text=True).stdout.strip()}",
     }

@@ -195,3 +195,28 @@ eval: {tasks: 2}
         stage, key, index = task.split("/")
         box = read_json(store.marker(stage, key, int(index)))["provenance"]["container"]
         assert (box["sha256"], box["running_in"], box["labels"]) == (digest, str(apptainer.image), apptainer.labels)
+
+
+def test_a_failed_run_cancels_only_its_own_dependents(slurm_cluster, cli, write_exp, events):
+    """Per-run dependencies: each run's evaluation waits for its own training (its array elements),
+    so one failed run leaves the other run's evaluation to run; the experiment-wide aggregate,
+    which needs every run, is cancelled."""
+    path = write_exp("""
+name: slurmruns
+output_dir: out
+cluster: {executor: slurm}
+eval: {tasks: 2}
+matrix:
+  train.fail: [false, true]
+""")
+    code, out, _ = cli("submit", path)
+    assert code == 0
+    # one array per run for train and for evaluate (each waits on its own run), one for aggregate
+    assert out.count("queued train:") == 2 and out.count("queued evaluate:") == 2
+    final = wait_final(path)
+    train = {t: s.state for t, s in final.items() if t.startswith("train/")}
+    evaluate = {t: s.state for t, s in final.items() if t.startswith("evaluate/")}
+    assert sorted(train.values()) == ["done", "failed"]
+    assert sorted(evaluate.values()) == ["cancelled", "cancelled", "done", "done"]
+    assert {s.state for t, s in final.items() if t.startswith("aggregate/")} == {"cancelled"}
+    assert len([e for e in events("end") if e["stage"] == "evaluate"]) == 2

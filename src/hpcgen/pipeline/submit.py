@@ -130,7 +130,9 @@ def make_batches(graph: Graph, store: Store, todo: Todo) -> list[Batch]:
         indices = todo.pending[node.id]
         if not indices:
             continue
-        group = (node.stage.name, node.resources.model_dump_json())
+        # one array per stage, resource shape and set of upstream nodes: a run's evaluation then
+        # waits for its own training only, and a failed run cancels only its own dependents
+        group = (node.stage.name, node.resources.model_dump_json(), tuple(sorted(node.upstream)))
         if group not in by_group:
             by_group[group] = len(batches)
             batches.append(Batch(stage=node.stage.name, resources=node.resources, specs=[]))
@@ -142,8 +144,10 @@ def make_batches(graph: Graph, store: Store, todo: Todo) -> list[Batch]:
         ]
         waiting_on = {t for t in upstream_tasks if t in batch_of_task}
         for t in upstream_tasks:
-            if t in batch_of_task and batch_of_task[t] not in batch.after:
-                batch.after.append(batch_of_task[t])
+            if t in batch_of_task:
+                batch.upstream_tasks.add(t)
+                if batch_of_task[t] not in batch.after:
+                    batch.after.append(batch_of_task[t])
             if t in todo.in_flight and todo.in_flight[t] not in batch.after_jobs:
                 batch.after_jobs.append(todo.in_flight[t])
         for i in indices:

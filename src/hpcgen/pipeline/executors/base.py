@@ -28,6 +28,7 @@ class Batch:
     resources: Resources
     specs: list[TaskSpec]
     after: list[int] = field(default_factory=list)  # batches (by position) that must succeed first
+    upstream_tasks: set[str] = field(default_factory=set)  # the tasks of this submit those are, by id
     after_jobs: list[str] = field(default_factory=list)  # already queued job ids that must succeed first
     deps: dict[str, set[str]] = field(default_factory=dict)  # task id -> upstream task ids in this submit
 

@@ -74,6 +74,22 @@ def render_script(params: dict[str, Any], folder: Path, n_tasks: int, python: st
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
+def per_task_dependency(batch: Batch, array_ids: list[list[str]], tasks_of: dict[str, set[str]],
+                        job_of: dict[str, str]) -> list[str]:
+    """``afterok`` ids for exactly the upstream tasks ``batch`` needs: a whole upstream array where
+    it needs every task of it, else the array elements it needs (``ARRAY_INDEX``)."""
+    needed = set(batch.upstream_tasks)
+    out: list[str] = []
+    for b in batch.after:
+        for array in array_ids[b]:
+            tasks = tasks_of[array]
+            if tasks <= needed:
+                out.append(array)
+                needed -= tasks
+    out += sorted(job_of[t] for t in needed if t in job_of)
+    return out
+
+
 def max_array_size() -> int:
     """The cluster's MaxArraySize (largest index + 1), from one ``scontrol show config``."""
     try:
@@ -180,11 +196,11 @@ class SlurmExecutor(Executor):
         if cluster.max_array_size:
             limit = min(limit, cluster.max_array_size)
         array_ids: list[list[str]] = []
+        job_of: dict[str, str] = {}  # task id -> its array element, 'ARRAY_INDEX'
+        tasks_of: dict[str, set[str]] = {}  # array job id -> its task ids
         n_jobs = 0
         for batch in batches:
-            dependency = list(batch.after_jobs)
-            for b in batch.after:
-                dependency += array_ids[b]
+            dependency = list(batch.after_jobs) + per_task_dependency(batch, array_ids, tasks_of, job_of)
             folder = self.log_dir(batch.stage)
             ex = submitit.SlurmExecutor(folder=folder, python=self.python(batch.resources),
                                         max_num_timeout=cluster.max_requeues)
@@ -200,7 +216,9 @@ class SlurmExecutor(Executor):
                 except Exception as exc:
                     raise SubmitError(f"sbatch refused the {batch.stage} array: {exc}") from None
                 ids.append(jobs[0].job_id.split("_")[0])
+                tasks_of[ids[-1]] = {spec.id for spec in chunk}
                 for spec, job in zip(chunk, jobs):
+                    job_of[spec.id] = job.job_id
                     write_json(self.store.submission(spec.stage.name, spec.key, spec.index), {
                         "executor": self.name, "job_id": job.job_id, "experiment": self.exp.name,
                         "submitted": now(), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
