@@ -211,8 +211,8 @@ matrix:
 """)
     code, out, _ = cli("submit", path)
     assert code == 0
-    # one array per run for train and for evaluate (each waits on its own run), one for aggregate
-    assert out.count("queued train:") == 2 and out.count("queued evaluate:") == 2
+    # both trainings wait on the one arrangement: one array; each evaluation on its own training
+    assert out.count("queued train:") == 1 and out.count("queued evaluate:") == 2
     final = wait_final(path)
     train = {t: s.state for t, s in final.items() if t.startswith("train/")}
     evaluate = {t: s.state for t, s in final.items() if t.startswith("evaluate/")}
