@@ -8,7 +8,10 @@
 # against cuBLAS GEMM; TMA on the GPU against the CPU; MiniLM embedding in fp16; DeepSpeed bf16
 # training of a ~1B-parameter LLaMA (tokens/s, MFU), its ZeRO-3 snapshot and resumable save, and
 # evaluation throughput; the training collectives with two processes where the node has two GPUs.
-# Without a usable GPU it stops at once with one line and exit code 2.
+# Without a usable GPU it stops at once with one line and exit code 2. PYTHON names the
+# interpreter (default: .venv/bin/python, else python3): on a GPU node that must be a CUDA build of
+# torch with hpcgen[gpu] (CuPy) installed, e.g. the GPU image's python3
+# (apptainer exec --nv hpcgen.sif bash benchmarks/device_check.sh with PYTHON=python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/device_check.json}

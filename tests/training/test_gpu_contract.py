@@ -24,6 +24,11 @@ SLURM_RANK_9_OF_16 = {  # what Slurm sets for the 10th task of a 2 x 8 job: node
 
 @pytest.fixture
 def eight_gpus(monkeypatch):
+    # DeepSpeed picks its accelerator once, at first use, from torch.cuda.is_available(): settle
+    # it (CPU, the truth here) before the stand-in reports GPUs, or later tests inherit CUDA's
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator()
     bound, inits = [], []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
@@ -209,3 +214,24 @@ def test_zero3_creates_models_partitioned(tmp_path):
     for name in ("pretrained", "fresh"):
         assert out[name]["partitioned"], out
         assert out[name]["full_elements"] > 0 and out[name]["local_elements"] == 0, out  # held as shards
+
+
+def test_without_a_built_fused_adam_training_falls_back_to_torchs_fused_adamw(monkeypatch):
+    """On a GPU node whose DeepSpeed has no pre-built FusedAdam and no compiler, the step uses
+    torch's fused AdamW (the same rule) instead of failing before the first step. The failed
+    build is the one thing faked (constructing FusedAdam is where DeepSpeed compiles it)."""
+    from types import SimpleNamespace
+
+    import deepspeed.ops.adam
+
+    from hpcgen.training.loop import make_optimizer
+
+    def no_compiler(self, *args, **kwargs):
+        raise RuntimeError("Error building extension 'fused_adam': nvcc not found")
+
+    monkeypatch.setattr(deepspeed.ops.adam.FusedAdam, "__init__", no_compiler)
+    model = torch.nn.Linear(4, 4)
+    cfg = SimpleNamespace(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.0)
+    opt = make_optimizer(model, cfg, {}, "cuda")
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)

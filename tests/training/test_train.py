@@ -123,6 +123,10 @@ def test_interrupted_run_resumes_to_the_same_curve_and_weights(tmp_path):
     log = (node / "work-00000" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in log] == list(range(1, steps_total + 1))
     assert np.allclose(curve(node), curve(reference), atol=1e-6, rtol=0)
+    # every snapshot is there: one still being written in the background when the job was killed
+    # was not yet covered by a resumable checkpoint, so the resumed run wrote it again
+    snaps = lambda d: [s["step"] for s in json.loads((d / "snapshots.json").read_text())]  # noqa: E731
+    assert snaps(node) == snaps(reference)
     last = f"step-{steps_total:06d}"
     a = load_file(node / "work-00000" / "snapshots" / last / "model.safetensors")
     b = load_file(reference / "work-00000" / "snapshots" / last / "model.safetensors")

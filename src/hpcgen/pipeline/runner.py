@@ -11,6 +11,7 @@ A task killed anywhere before 5 ends leaves no marker, so it is not complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -170,8 +171,10 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
             _record(store.attempt(name, key, index), record, log)
             raise
         except BaseException as exc:
-            # staging first: on a full disk, removing it frees the space the record needs
-            store.clean_staging(name, key, index)
+            # staging first: on a full disk, removing it frees the space the record needs (and a
+            # staged file that cannot be removed, NFS's .nfs* say, must not hide the task's error)
+            with contextlib.suppress(OSError):
+                store.clean_staging(name, key, index)
             record.update(state="failed", ended=now(), error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(), bad_input=isinstance(exc, ConfigError))
             if isinstance(exc, ConfigError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -40,6 +41,11 @@ class EvalConfig(StageConfig):
     reward_model: str | None = Field(None, description="a sequence-classification model scoring the answers "
                                      "(e.g. UltraRM-13B on a cluster); needs generate")
     reward_template: str = "Human: {prompt}\n\nAssistant: {answer}"
+
+
+def delete_weights(snapshot: Path) -> None:
+    for weights in list(snapshot.glob("*.safetensors")) + list(snapshot.glob("*.bin")):
+        weights.unlink(missing_ok=True)
 
 
 class RewardModel:
@@ -181,18 +187,20 @@ class Evaluate(Stage):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         names = ("exact_match", "rouge1", "rougeL") + (("reward",) if cfg.reward_model else ())
         metrics = ("loss",) + (names if cfg.generate else ())
-        rewarder = RewardModel(cfg.reward_model, device) if cfg.reward_model else None  # once, before any work
+        rewarder = None  # loaded once, at the first snapshot that needs it
         prompts, answers_ref = [r["prompt"] for r in test], [r["answer"] for r in test]
         results = {m: np.full((len(mine), len(test)), np.nan, dtype=np.float32) for m in metrics}
         for k, snap in enumerate(mine):
             done = task.work_dir / f"step-{snap['step']:06d}.h5"  # this snapshot's result, committed
+            path = trained / snap["path"]
             if done.is_file():  # by an earlier attempt of this task (a time limit, a requeue)
                 with h5py.File(done) as f:
                     for m in metrics:
                         results[m][k] = f[m][:]
                 task.log.info("snapshot step %d: evaluated by an earlier attempt", snap["step"])
+                if cfg.delete_after:  # that attempt may have stopped between its commit and the delete
+                    delete_weights(path)
                 continue
-            path = trained / snap["path"]
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
             model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
@@ -207,7 +215,8 @@ class Evaluate(Stage):
                     results["exact_match"][k, j] = exact_match(pred, rec["answer"])
                     r = rouge(pred, rec["answer"])
                     results["rouge1"][k, j], results["rougeL"][k, j] = r["rouge1"], r["rougeL"]
-                if rewarder is not None:
+                if cfg.reward_model:
+                    rewarder = rewarder or RewardModel(cfg.reward_model, device)
                     results["reward"][k] = rewarder.scores(prompts, answers, cfg.reward_template, cfg.batch_size)
             del model
             tmp = done.with_name(f".tmp-{done.name}")
@@ -217,8 +226,7 @@ class Evaluate(Stage):
             os.replace(tmp, done)  # committed: a later attempt skips this snapshot
             task.log.info("snapshot step %d: mean test loss %.4f", snap["step"], float(np.nanmean(results["loss"][k])))
             if cfg.delete_after:  # only now that its result is committed
-                for weights in list(path.glob("*.safetensors")) + list(path.glob("*.bin")):
-                    weights.unlink()
+                delete_weights(path)
         with h5py.File(task.output(f"losses-{task.index:05d}.h5"), "w") as f:
             f.create_dataset("steps", data=np.asarray([s["step"] for s in mine], dtype=np.int64))
             f.create_dataset("items_seen", data=np.asarray([s["items_seen"] for s in mine], dtype=np.int64))

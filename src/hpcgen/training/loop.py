@@ -88,6 +88,30 @@ def local_device(local_rank: int, visible: int) -> int:
     return local_rank
 
 
+def agreed_by_rank0(value: bool, rank: int, world: int) -> bool:
+    """Rank 0's answer, on every rank: a decision that leads into collectives must be the same
+    everywhere, and nodes can briefly disagree about files on shared storage."""
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_initialized():
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def any_rank(flag: bool, device, world: int) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    import torch
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def step_stats(loss, tokens: int, device, world: int):
     """(mean loss over ranks, tokens over ranks) of one step, reduced on the engine's device: a
     NCCL group has no CPU backend, so a CPU tensor here fails the run at its first step."""
@@ -144,9 +168,16 @@ def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
 
         return DeepSpeedCPUAdam(model.parameters(), adamw_mode=True, **kwargs)
     if kind == "fused_adam":
-        from deepspeed.ops.adam import FusedAdam
+        try:  # pre-built in the GPU image; elsewhere compiled at first use, which needs nvcc
+            from deepspeed.ops.adam import FusedAdam
 
-        return FusedAdam(model.parameters(), adam_w_mode=True, **kwargs)
+            return FusedAdam(model.parameters(), adam_w_mode=True, **kwargs)
+        except Exception as exc:  # no pre-built op and no compiler: torch's own fused AdamW
+            import logging
+
+            logging.getLogger("hpcgen.training").warning("DeepSpeed's FusedAdam is unavailable (%s); using "
+                                                         "torch.optim.AdamW(fused=True)", str(exc).splitlines()[0])
+            return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
@@ -228,6 +259,21 @@ class SnapshotWriter:
         self.thread = threading.Thread(target=run, name=f"snapshot-{folder.name}", daemon=True)
         self.thread.start()
 
+    def drain(self, engine, rank: int) -> None:
+        """On every rank: wait until rank 0's write is on disk; if it failed, every rank raises
+        (the others would otherwise wait at their next collective until the timeout)."""
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        failed = None
+        if rank == 0:
+            try:
+                self.wait()
+            except BaseException as exc:
+                failed = exc
+        if any_rank(failed is not None, engine.device, world):
+            raise failed if failed is not None else RuntimeError("rank 0 could not write a snapshot")
+
     def wait(self) -> None:
         if self.thread is not None:
             self.thread.join()
@@ -242,7 +288,11 @@ class SnapshotWriter:
 def save_snapshot(engine, tokenizer, folder: Path, step: int, info: dict, rank: int,
                   writer: SnapshotWriter | None = None) -> None:
     """Consolidated weights (gathered group by group under ZeRO-3) as safetensors, loadable with
-    from_pretrained; written by ``writer`` in the background (or here, without one)."""
+    from_pretrained; written by ``writer`` in the background (or here, without one). The previous
+    write is finished first (one host copy of the weights at a time), and if it failed every rank
+    stops here, not only rank 0 (the others would wait at their next collective)."""
+    if writer is not None:
+        writer.drain(engine, rank)
     t0 = time.perf_counter()
     weights, groups = gather_weights(engine, rank)
     if rank != 0:
@@ -480,7 +530,8 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
         save_snapshot(engine, tokenizer, snap_dir / f"step-{done:06d}", done, info, rank, writer)
 
     writer = SnapshotWriter()
-    if start and start % cfg.save_every == 0 and not (snap_dir / f"step-{start:06d}" / "snapshot.json").is_file():
+    if start and start % cfg.save_every == 0 and agreed_by_rank0(
+            not (snap_dir / f"step-{start:06d}" / "snapshot.json").is_file(), rank, world):
         # preempted at a snapshot step, before the snapshot: the weights are those of that step now
         last = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln] if metrics_path.is_file() else []
         snapshot(start, float(last[-1]["loss"]) if last else float("nan"))
@@ -524,15 +575,16 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
         if done < feed.steps and preempt.agreed(world, engine.device):
             # every rank saw the request by this step boundary: the time left goes to the resumable
             # save; a snapshot due now is written first thing after the requeue (below)
+            writer.drain(engine, rank)  # snapshots up to here are on disk before the resumable state says so
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
-            writer.close()  # a snapshot still being written is finished first
             task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
             preempt.requeue(rank)
         if done % cfg.save_every == 0 or done == feed.steps:
             snapshot(done, float(stats[0]))
         if done % cfg.resume_every == 0 and done < feed.steps:
+            writer.drain(engine, rank)  # a resume from here must not miss a snapshot still being written
             save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
-    writer.close()
+    writer.drain(engine, rank)
     preempt.restore()
     if board is not None:
         board.close()

@@ -9,9 +9,10 @@ def build_model(cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, ds_
     """A model with fresh weights (``cfg.model`` None) or the pretrained ``cfg.model``.
 
     Under ZeRO-3 (``ds_config`` with stage 3) a pretrained model is created partitioned, through
-    transformers' DeepSpeed integration (``HfDeepSpeedConfig``): each rank reads only its shards,
-    in bf16 when training in bf16. Otherwise every rank would first materialise the whole model
-    (7B in fp32 is 27 GB per rank, 216 GB per 8-GPU node) before DeepSpeed partitions it. A fresh
+    transformers' DeepSpeed integration (``HfDeepSpeedConfig``: ``zero.Init``; rank 0 reads the
+    checkpoint, in bf16 when training in bf16, and each module's weights are scattered to the
+    ranks' shards as they load). Otherwise every rank would first materialise the whole model (7B
+    in fp32 is 27 GB per rank, 216 GB per 8-GPU node) before DeepSpeed partitions it. A fresh
     model is built whole, as with every other preset, so that a seed gives the same initial
     weights under any ZeRO stage (``deepspeed.zero.Init`` initialises in another order);
     ``partitioned_init: true`` builds it inside ``zero.Init`` instead, for from-scratch models too
