@@ -168,17 +168,16 @@ def forced_nodes(graph: Graph, stages: list[str]) -> set[str]:
     return graph.downstream({n.id for n in graph.nodes.values() if n.stage.name in stages})
 
 
-def apply_force(graph: Graph, store: Store, stages: list[str]) -> tuple[set[str], list[str]]:
-    """Reset every task of the forced nodes so that each starts from nothing: no marker, no
-    resumable state. Returns the forced nodes and the tasks left alone because they are running."""
-    forced = forced_nodes(graph, stages)
+def apply_force(graph: Graph, store: Store, forced: set[str]) -> list[str]:
+    """Reset every task of the ``forced`` nodes so that each starts from nothing: no marker, no
+    resumable state. Returns the tasks left alone because they are running."""
     busy = []
     for node_id in sorted(forced):
         node = graph.nodes[node_id]
         for i in range(node.size):
             if not store.reset(node.stage.name, node.key, i):
                 busy.append(f"{node_id}/{i:05d}")
-    return forced, busy
+    return busy
 
 
 def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: str | None = None,
@@ -209,8 +208,7 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
                 })
         write_json(exp.dir / "plan.json", graph.to_dict())
         if force:
-            _, busy = apply_force(graph, store, force)
-            for task_id in busy:
+            for task_id in apply_force(graph, store, forced):
                 console.print(f"[yellow]{task_id} is running now: --force leaves it alone "
                               "(cancel it first to recompute it)[/]")
         todo = survey(graph, store, executor)

@@ -235,7 +235,6 @@ class SnapshotWriter:
     def __init__(self) -> None:
         self.thread = None
         self.error: BaseException | None = None
-        self.timings: list[dict] = []
 
     def write(self, model, tokenizer, weights: dict, folder: Path, record: dict) -> None:
         import threading
@@ -243,7 +242,6 @@ class SnapshotWriter:
         self.wait()
 
         def run() -> None:
-            t0 = time.perf_counter()
             try:
                 tmp = folder.parent / f".tmp-{folder.name}"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -252,7 +250,6 @@ class SnapshotWriter:
                 (tmp / "snapshot.json").write_text(json.dumps(record) + "\n")
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(tmp, folder)
-                self.timings.append({"step": record["step"], "write_s": round(time.perf_counter() - t0, 3)})
             except BaseException as exc:  # raised in the training thread by the next wait()
                 self.error = exc
 
