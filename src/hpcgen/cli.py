@@ -95,11 +95,14 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
         print(json.dumps(data, indent=1 if sys.stdout.isatty() else None, default=str))
         return 0
     runs = Table(title=f"{exp.name}: {len(exp.runs)} run(s)", title_justify="left")
+    labelled = any(r.label for r in exp.runs)
     runs.add_column("run id")
+    if labelled:
+        runs.add_column("label")
     runs.add_column("name")
     shown = exp.runs if len(exp.runs) <= args.max_rows else exp.runs[: args.max_rows]
     for run in shown:
-        runs.add_row(run.id, run.name)
+        runs.add_row(run.id, *([run.label or ""] if labelled else []), run.name)
     out.print(runs)
     if len(shown) < len(exp.runs):
         out.print(f"... and {len(exp.runs) - len(shown)} more run(s) (--json lists all)")
@@ -244,8 +247,7 @@ def cmd_report(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
     """Rebuild the report from what is on disk now (finished or not)."""
     from hpcgen.pipeline.stage import Upstream
     from hpcgen.pipeline.store import Store
-    from hpcgen.report.document import write_report
-    from hpcgen.stages.aggregate import collect
+    from hpcgen.stages.aggregate import Aggregate, make_report
 
     exp, graph = _load(args, pipeline, check_output=False)
     store = Store(exp.store)
@@ -254,16 +256,9 @@ def cmd_report(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
         return [Upstream(stage=n.stage.name, key=n.key, dir=store.node_dir(n.stage.name, n.key), size=n.size,
                          runs=tuple(n.runs)) for n in graph.nodes.values() if n.stage.name == stage]
 
-    meta = {r.id: {"name": r.name, "values": r.values} for r in exp.runs}
-    curves = collect(meta, upstreams("evaluate"), upstreams("arrange"))
-    if not curves:
-        raise ConfigError("no run has evaluated snapshots yet", key="report", fix="run hpcgen submit first")
     folder = exp.dir / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    title = graph.experiment.name
-    report_cfg = getattr(exp.runs[0].config, "report", None)
-    result = write_report(curves, folder, getattr(report_cfg, "title", None) or title,
-                          getattr(report_cfg, "at_steps", None))
+    result = make_report(exp.meta(), {stage: upstreams(stage) for stage in Aggregate.upstream}, folder,
+                         getattr(exp.runs[0].config, "report", None))
     out.print(f"report of {len(result['runs'])} of {len(exp.runs)} run(s): {folder / 'report.html'}")
     return 0
 

@@ -32,6 +32,16 @@ class Experiment:
     matrix: Matrix
     model: type[BaseModel]
     doc: yamlio.Document | None = None
+    raw_matrix: Any = None  # the matrix section as written
+    overrides: tuple[str, ...] = ()
+
+    def meta(self) -> dict[str, Any]:
+        """What stages over many runs (the report) know of the experiment: each run's name, axis
+        values and label, and the provenance the report prints at its top."""
+        from hpcgen.provenance import describe
+
+        runs = {r.id: {"name": r.name, "values": r.values, "label": r.label} for r in self.runs}
+        return {"runs": runs, "experiment": self.name, "provenance": describe(self)}
 
     @property
     def dir(self) -> Path:
@@ -70,16 +80,26 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
             file, line = doc.where((key,))
             raise ConfigError("unknown key", file=file, line=line, key=key,
                               fix=suggest(key, list(model.model_fields)) or "remove it")
+    if "preset" in data:
+        from hpcgen.config import presets
+
+        data = presets.apply({k: v for k, v in data.items() if k != "preset"}, data["preset"], doc.where(("preset",)))
     matrix = parse_matrix(doc, raw_matrix, model)
     for text in overrides:
         key, value = parse_override(text, model)
         for axis in matrix.axes:
             if key in axis.paths:  # an override of an axis pins it
                 i = axis.paths.index(key)
-                if len(axis.paths) == 1:
+                if len(axis.paths) == 1 and axis.labels is None:
                     axis.values = [(value,)]
                 else:
-                    axis.values = [v for v in axis.values if v[i] == value]
+                    keep = [j for j, v in enumerate(axis.values) if v[i] == value]
+                    if len(axis.paths) == 1 and not keep:  # a labelled one-axis group: a new value, unnamed
+                        axis.values, axis.labels = [(value,)], None
+                        continue
+                    axis.values = [axis.values[j] for j in keep]
+                    if axis.labels is not None:
+                        axis.labels = [axis.labels[j] for j in keep]
                     if not axis.values:
                         raise ConfigError(f"{value!r} is not one of the values of its zip group",
                                           file="--set", key=key, fix="pick a value from the zip group")
@@ -90,7 +110,7 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
     if not root.is_absolute():
         root = (path.parent / root).resolve()
     exp = Experiment(name=first.name, file=path, output_dir=root, cluster=first.cluster, runs=runs,
-                     matrix=matrix, model=model, doc=doc)
+                     matrix=matrix, model=model, doc=doc, raw_matrix=raw_matrix, overrides=tuple(overrides))
     if check_output:
         check_writable(root, doc.where(("output_dir",)))
     return exp

@@ -9,9 +9,14 @@ Grammar of the ``matrix`` section (see tests/fixtures/config_with_*.yaml):
         - {train.lr: [1.0e-3, 2.0e-3], train.warmup: [5, 10]}
       exclude:                               # combinations to drop (all listed keys must match)
         - {arrange.strategy: random, train.seed: 3}
+      zip:                                   # ``label``: a zip column naming each position
+        - {arrange.strategy: [random, tma], label: [RT, TMA-NFT]}
       max_runs: 10000                        # refuse larger matrices (a typo can mean millions)
 
-Runs are the product of the axes and zip groups, in file order. ``--set key=value`` overrides
+A ``label`` column in a zip group names the runs of each position in the report's legends and
+tables (runs with the same label and different seeds are one setting with a seed spread); it is
+not a config key and does not change what a run computes. Labels of several zip groups join with
+" / ". Runs are the product of the axes and zip groups, in file order. ``--set key=value`` overrides
 are applied to the base config first; an override of a matrix axis pins that axis.
 """
 
@@ -34,6 +39,7 @@ from hpcgen.errors import ConfigError
 
 DEFAULT_MAX_RUNS = 10_000
 _RESERVED = {"zip", "exclude", "max_runs"}
+LABEL = "label"  # a zip column naming the runs, not a config key
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Axis:
     paths: tuple[str, ...]  # one path, or several for a zip group
     values: list[tuple[Any, ...]]  # one tuple per position, aligned with paths
     origin: tuple[str | None, int | None]
+    labels: list[str] | None = None  # a zip group's label column, one per position
 
 
 @dataclass
@@ -64,6 +71,7 @@ class Run:
     name: str
     config: BaseModel
     values: dict[str, Any]  # axis path -> value
+    label: str | None = None  # the matrix's label for this run (zip column ``label``)
 
 
 def canonical_hash(obj: Any, length: int = 12) -> str:
@@ -103,6 +111,9 @@ def parse_matrix(doc: Document, raw: Any, model: type[BaseModel]) -> Matrix:
                 raise ConfigError("must be a list of mappings", file=origin[0], line=origin[1],
                                   key="matrix.exclude", fix="write exclude: [{arrange.strategy: random}]")
             matrix.exclude = value
+        elif key == LABEL:
+            raise ConfigError("'label' names the positions of a zip group", file=origin[0], line=origin[1],
+                              key="matrix.label", fix="put label: [...] inside a zip group, beside the axes it names")
         else:
             matrix.axes.append(_axis(doc, model, key, value, ("matrix", key)))
     seen: set[str] = set()
@@ -152,15 +163,33 @@ def _zip_group(doc: Document, model: type[BaseModel], group: Any, keypath: KeyPa
     if not isinstance(group, dict) or not group:
         raise ConfigError("a zip group must be a mapping of axes", file=file, line=line,
                           key=dotted(keypath), fix="write {a.x: [1, 2], a.y: [3, 4]}")
+    group = dict(group)
+    labels = group.pop(LABEL, None)
+    if labels is not None:
+        lf, ll = doc.where(keypath + (LABEL,))
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, (str, int, float)) and
+                                                                  not isinstance(x, bool) for x in labels):
+            raise ConfigError("must be a list of names, one per position of the group", file=lf, line=ll,
+                              key=dotted(keypath + (LABEL,)), fix="write label: [RT, NFT, FFT]")
+        labels = [str(x) for x in labels]
+        bad = next((x for x in labels if not x.strip() or any(ord(c) < 32 for c in x)), None)
+        if bad is not None:
+            raise ConfigError(f"label {bad!r} is empty or holds a control character", file=lf, line=ll,
+                              key=dotted(keypath + (LABEL,)), fix="use a short plain name such as TMA-NFT")
+        if not group:
+            raise ConfigError("a zip group of only labels varies nothing", file=file, line=line,
+                              key=dotted(keypath), fix="add the axes the labels name")
     axes = [_axis(doc, model, p, v, keypath + (p,)) for p, v in group.items()]
     lengths = {a.paths[0]: len(a.values) for a in axes}
+    if labels is not None:
+        lengths[LABEL] = len(labels)
     if len(set(lengths.values())) > 1:
         desc = ", ".join(f"{p} has {n}" for p, n in lengths.items())
         raise ConfigError(f"zip group of unequal lengths ({desc})", file=file, line=line,
                           key=dotted(keypath), fix="give every axis of a zip group the same number of values")
     paths = tuple(a.paths[0] for a in axes)
     values = [tuple(a.values[i][0] for a in axes) for i in range(len(axes[0].values))]
-    return Axis(paths, values, (file, line))
+    return Axis(paths, values, (file, line), labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +334,10 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
     for combo in itertools.product(*positions):
         values: dict[str, Any] = {}
         parts: list[str] = []
+        names: list[str] = []
         for axis, pos in zip(matrix.axes, combo):
+            if axis.labels is not None:
+                names.append(axis.labels[pos])
             for path, value in zip(axis.paths, axis.values[pos]):
                 values[path] = value
                 parts.append(f"{labels[path]}={_fmt(value, pos)}")
@@ -340,7 +372,7 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
                               file=file, line=line, key="matrix",
                               fix="remove the duplicate axis value or add an exclude entry")
         seen[run_id] = name
-        runs.append(Run(id=run_id, name=name, config=config, values=values))
+        runs.append(Run(id=run_id, name=name, config=config, values=values, label=" / ".join(names) or None))
     if not runs:
         file, line = doc.where(("matrix", "exclude"))
         raise ConfigError("every run of the matrix is excluded", file=file, line=line,

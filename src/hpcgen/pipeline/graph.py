@@ -76,7 +76,7 @@ class Graph:
     def to_dict(self) -> dict[str, Any]:
         """The graph as data: what ``plan --json`` prints and ``plan.json`` records."""
         runs = [
-            {"id": r.id, "name": r.name, "values": r.values, "nodes": self.run_nodes[r.id]}
+            {"id": r.id, "name": r.name, "label": r.label, "values": r.values, "nodes": self.run_nodes[r.id]}
             for r in self.experiment.runs
         ]
         nodes = []

@@ -85,10 +85,17 @@ def task_specs(graph: Graph, store: Store, node: Node) -> list[TaskSpec]:
         inputs.setdefault(up.stage.name, []).append(Upstream(
             stage=up.stage.name, key=up.key, dir=store.node_dir(up.stage.name, up.key), size=up.size,
             runs=tuple(up.runs)))
-    names = {r.id: {"name": r.name, "values": r.values} for r in graph.experiment.runs if r.id in set(node.runs)}
+    mine = set(node.runs)
+    names = {r.id: {"name": r.name, "values": r.values, "label": r.label} for r in graph.experiment.runs
+             if r.id in mine}
+    extra: dict = {"runs": names, "experiment": graph.experiment.name}
+    if getattr(node.stage, "scope", "run") == "experiment":  # the report prints where its results came from
+        from hpcgen.provenance import describe
+
+        extra["provenance"] = describe(graph.experiment)
     common = dict(stage=node.stage, key=node.key, size=node.size, store_root=str(store.root), config=node.config,
                   inputs=inputs, runs=tuple(node.runs), experiment=graph.experiment.name,
-                  extra={"runs": names, "experiment": graph.experiment.name}, gpus=node.resources.gpus or 0)
+                  extra=extra, gpus=node.resources.gpus or 0)
     return [TaskSpec(index=i, **common) for i in range(node.size)]
 
 
