@@ -6,6 +6,7 @@ broken by row index everywhere, so an order is a deterministic function of its i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ class Context:
     params: Any  # the arrange config section
     item_distance: Callable[[str], np.ndarray] | None = None  # aggregate name -> per-row distance
     distances: Callable[[], DistanceSource] | None = None  # the train x test distances
-    task_distance: Callable[[list[np.ndarray]], np.ndarray] | None = None  # task row groups -> distance
+    task_distance: Callable[..., np.ndarray] | None = None  # (task row groups, attrs) -> distance
 
     @property
     def n(self) -> int:
@@ -69,8 +70,16 @@ def _task_groups(tasks: np.ndarray) -> list[np.ndarray]:
 
 @register("random")
 def random_order(ctx: Context) -> Arrangement:
-    """RT: a seeded random permutation of the training items."""
-    return Arrangement(np.random.default_rng(ctx.seed).permutation(ctx.n).astype(np.int64))
+    """RT: a seeded random permutation of the training items; with a ``budget`` M, its first M
+    (M items drawn at random, as an RT baseline for a TMA round window or budget)."""
+    order = np.random.default_rng(ctx.seed).permutation(ctx.n).astype(np.int64)
+    budget = ctx.params.budget
+    if budget is not None:
+        if budget > ctx.n:
+            raise ConfigError(f"budget {budget} is larger than the pool of {ctx.n} items", key="arrange.budget",
+                              fix="lower the budget")
+        order = order[:budget]
+    return Arrangement(order)
 
 
 @register("round_robin")
@@ -92,22 +101,30 @@ def cluster(ctx: Context) -> Arrangement:
     return Arrangement(np.concatenate([groups[i] for i in perm]).astype(np.int64))
 
 
-def per_item_distance(ctx: Context) -> np.ndarray:
-    """The per-item distance to the whole test set that NFT/FFT sort by (Appendix B.4): an
-    aggregate of the similarity stage, or ``wsd`` = w_min * min + w_avg * avg (eq. 13's Cosine-Min
-    plus weighted Cosine-Avg)."""
+def per_item_distance(ctx: Context, attrs: dict | None = None) -> np.ndarray:
+    """The per-item distance to the whole test set that NFT/FFT sort by: an aggregate of the
+    similarity stage, or ``wsd`` (eq. 13): Cosine-Min plus Cosine-Avg scaled by
+    mean(min) / mean(avg) over the training items (``wsd_weights: scaled``, the paper's), or
+    w_min * min + w_avg * avg (``wsd_weights: fixed``). The weights used go into ``attrs``."""
+    from hpcgen.similarity.measures import wsd
+
     p = ctx.params
     get = ctx.need("item_distance")
     if p.distance == "wsd":
-        return p.w_min * get("min").astype(np.float64) + p.w_avg * get("avg").astype(np.float64)
+        values, w_min, w_avg = wsd(get("min"), get("avg"), p.wsd_weights, p.w_min, p.w_avg)
+        if attrs is not None:
+            attrs.update(wsd_w_min=w_min, wsd_w_avg=w_avg, wsd_weights=p.wsd_weights)
+        return values
     return get(p.distance).astype(np.float64)
 
 
 @register("nft", needs_similarity=True)
 def nft(ctx: Context) -> Arrangement:
-    """NFT (3.2.1, B.4): items sorted by their distance to the test set, nearest first."""
-    d = per_item_distance(ctx)
-    return Arrangement(np.lexsort((np.arange(ctx.n), d)).astype(np.int64))
+    """NFT (3.2.1, B.4): items sorted by their distance to the test set (eq. 13's WSD by
+    default), nearest first; ties by row."""
+    attrs: dict = {}
+    d = per_item_distance(ctx, attrs)
+    return Arrangement(np.lexsort((np.arange(ctx.n), d)).astype(np.int64), attrs=attrs)
 
 
 @register("fine", needs_similarity=True)
@@ -118,24 +135,28 @@ def fine(ctx: Context) -> Arrangement:
 
 @register("fft", needs_similarity=True)
 def fft(ctx: Context) -> Arrangement:
-    """FFT (3.2.1, B.4): items sorted by their distance to the test set, farthest first."""
-    d = per_item_distance(ctx)
-    return Arrangement(np.lexsort((np.arange(ctx.n), -d)).astype(np.int64))
+    """FFT (3.2.1, B.4): items sorted by their distance to the test set, farthest first; ties by
+    row (so FFT is NFT reversed except inside groups of tied items)."""
+    attrs: dict = {}
+    d = per_item_distance(ctx, attrs)
+    return Arrangement(np.lexsort((np.arange(ctx.n), -d)).astype(np.int64), attrs=attrs)
 
 
 @register("coarse", needs_similarity=True)
 def coarse(ctx: Context) -> Arrangement:
     """Coarse-grained (3.2.2): a task is the mean embedding of its items; tasks are ordered by
-    their distance to the test set, nearest first (``coarse_order: farthest`` reverses), and the
-    items of a task stay together in record order."""
+    their distance to the test set (eq. 13's WSD of the task embeddings by default, the weights
+    scaled over the tasks), nearest first (``coarse_order: farthest`` reverses), and the items of
+    a task stay together in record order (the authors shuffle inside a task: FIDELITY row 10)."""
     groups = _task_groups(ctx.tasks)
     if len(groups) < 2:
         raise ConfigError(f"strategy 'coarse' needs training records grouped in tasks; these have "
                           f"{len(groups)} task", key="arrange.strategy", fix="use nft, or data with tasks")
-    d = ctx.need("task_distance")(groups)
+    attrs: dict = {}
+    d = ctx.need("task_distance")(groups, attrs)
     sign = -1.0 if ctx.params.coarse_order == "farthest" else 1.0
     order = np.lexsort((np.arange(len(groups)), sign * d))
-    return Arrangement(np.concatenate([groups[i] for i in order]).astype(np.int64))
+    return Arrangement(np.concatenate([groups[i] for i in order]).astype(np.int64), attrs=attrs)
 
 
 def _tma_base(ctx: Context, farthest: bool) -> tuple[np.ndarray, np.ndarray, TMAStats]:
@@ -151,6 +172,23 @@ def _tma_base(ctx: Context, farthest: bool) -> tuple[np.ndarray, np.ndarray, TMA
     return order.astype(np.int64), round_of[order], stats
 
 
+def rounds_prefix(rounds: np.ndarray, budget: int, mode: str) -> int:
+    """How many leading positions of a round-ordered sequence a budget M keeps.
+
+    ``crossing`` (the paper, C.3): whole rounds until the count reaches or passes M, the round
+    that crosses M kept whole; ``fit``: the whole rounds that fit in M; ``exact``: M positions."""
+    n = int(rounds.size)
+    if mode == "exact" or budget >= n:
+        return min(budget, n)
+    ends = np.append(np.flatnonzero(np.diff(rounds)) + 1, n)
+    if mode == "crossing":
+        return int(ends[np.searchsorted(ends, budget, side="left")])
+    if mode == "fit":
+        fit = ends[ends <= budget]
+        return int(fit[-1]) if fit.size else 0
+    raise ValueError(f"unknown budget mode {mode!r}")
+
+
 def _window_and_budget(order: np.ndarray, rounds: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
     if p.window is not None:
         i, j = p.window
@@ -163,17 +201,11 @@ def _window_and_budget(order: np.ndarray, rounds: np.ndarray, p) -> tuple[np.nda
         if p.budget > order.size:
             raise ConfigError(f"budget {p.budget} is larger than the pool of {order.size} items",
                               key="arrange.budget", fix="lower the budget")
-        if p.budget_mode == "exact":
-            order, rounds = order[: p.budget], rounds[: p.budget]
-        else:  # whole rounds, as many as fit in the budget
-            ends = np.flatnonzero(np.diff(rounds)) + 1
-            ends = np.append(ends, rounds.size)
-            fit = ends[ends <= p.budget]
-            cut = int(fit[-1]) if fit.size else 0
-            if cut == 0:
-                raise ConfigError(f"budget {p.budget} is smaller than the first round ({int(ends[0])} items)",
-                                  key="arrange.budget", fix="raise the budget or use budget_mode: exact")
-            order, rounds = order[:cut], rounds[:cut]
+        cut = rounds_prefix(rounds, p.budget, p.budget_mode)
+        if cut == 0:
+            raise ConfigError(f"budget {p.budget} is smaller than the first round", key="arrange.budget",
+                              fix="raise the budget or use budget_mode: exact")
+        order, rounds = order[:cut], rounds[:cut]
     return order, rounds
 
 
@@ -186,8 +218,9 @@ def tma(ctx: Context) -> Arrangement:
     nearest order), ``farthest_rounds`` (the same algorithm with farthest picks, rounds in order).
     ``within_round``: ``index`` (row order, as the authors' code does) or ``distance`` (each item's
     own nearest-test distance, farthest-test for farthest picks). ``window: [i, j)`` keeps rounds
-    i..j-1 (4.2); ``budget`` M keeps whole rounds that fit (``budget_mode: rounds``) or exactly the
-    first M items (``exact``)."""
+    i..j-1 (4.2, Figure 8); ``budget`` M keeps the first rounds until M is reached, the crossing
+    round whole (``budget_mode: crossing``, C.3), the rounds that fit (``fit``) or exactly the first M
+    items (``exact``)."""
     p = ctx.params
     order, rounds, stats = _tma_base(ctx, farthest=p.direction == "farthest_rounds")
     if p.direction == "reverse":
@@ -196,12 +229,28 @@ def tma(ctx: Context) -> Arrangement:
     return Arrangement(order, rounds.astype(np.int32), {"rounds": stats.rounds, "passes": stats.passes})
 
 
+def _take(seq: np.ndarray, rounds: np.ndarray, budget: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    cut = rounds_prefix(rounds, budget, mode)
+    return seq[:cut], rounds[:cut]
+
+
 @register("tma_mix", needs_similarity=True)
 def tma_mix(ctx: Context) -> Arrangement:
-    """TMA over a large pool with a budget M (Appendix C.3). ``mix``:
-    ``half``: the first ceil(M/2) items of the TMA nearest order and the last floor(M/2) (the
-    farthest end), trained in TMA order; ``min``: the M items with the smallest per-item distance
-    to the test set, in TMA order; ``max``: the M items with the largest, in TMA order."""
+    """The five settings of Appendix C.3 / Figure 17 over a budget of M items, from the TMA rounds
+    D^1..D^N of the whole pool (Algorithm 1, nearest picks; rounds in order, inside a round as
+    ``within_round`` says):
+
+    - ``min``: rounds 1, 2, ... until the count reaches M (the crossing round whole), in that order;
+    - ``max``: rounds N, N-1, ... likewise, farthest first (``max_source: rounds``, the paper's
+      text), or rounds 1, 2, ... of a separate farthest-pick TMA (``max_source: farthest_pick``,
+      the authors' ``select_max_data``); the two differ in almost every position;
+    - ``nft``: rounds from the near end until M/2 is reached (D_train1) plus rounds from the far
+      end until M/2 is reached (D_train2), merged and ordered nearest to farthest;
+    - ``fft``: the same items, farthest to nearest (NFT reversed);
+    - ``rt``: the same items in a seeded random order (``seed``).
+
+    ``budget_mode`` ``crossing`` keeps crossing rounds whole, as the paper does; ``exact`` keeps
+    exactly M (M/2 from each end, the first half rounded up); ``fit`` only rounds that fit."""
     p = ctx.params
     if p.budget is None:
         raise ConfigError("tma_mix needs a budget", key="arrange.budget", fix="set arrange.budget: M")
@@ -209,15 +258,34 @@ def tma_mix(ctx: Context) -> Arrangement:
     if p.budget > order.size:
         raise ConfigError(f"budget {p.budget} is larger than the pool of {order.size} items", key="arrange.budget",
                           fix="lower the budget")
-    if p.mix == "half":
-        head = (p.budget + 1) // 2
-        keep = np.zeros(order.size, dtype=bool)
-        keep[:head] = True
-        keep[order.size - (p.budget - head):] = True
+    attrs = {"rounds": stats.rounds, "passes": stats.passes, "mix": p.mix, "budget_mode": p.budget_mode}
+    near_o, near_r = order, rounds
+    far_o, far_r = order[::-1].copy(), rounds[::-1].copy()
+    if p.mix == "min":
+        sel_o, sel_r = _take(near_o, near_r, p.budget, p.budget_mode)
+    elif p.mix == "max":
+        attrs["max_source"] = p.max_source
+        if p.max_source == "farthest_pick":
+            f_o, f_r, f_stats = _tma_base(ctx, farthest=True)
+            attrs["farthest_rounds"] = f_stats.rounds
+            sel_o, sel_r = _take(f_o, f_r, p.budget, p.budget_mode)
+        else:
+            sel_o, sel_r = _take(far_o, far_r, p.budget, p.budget_mode)
     else:
-        d = per_item_distance(ctx)
-        ranked = np.lexsort((np.arange(ctx.n), d if p.mix == "min" else -d))[: p.budget]
-        chosen = np.zeros(ctx.n, dtype=bool)
-        chosen[ranked] = True
-        keep = chosen[order]
-    return Arrangement(order[keep], rounds[keep].astype(np.int32), {"rounds": stats.rounds, "passes": stats.passes})
+        half_near = (p.budget + 1) // 2 if p.budget_mode == "exact" else p.budget / 2
+        half_far = p.budget // 2 if p.budget_mode == "exact" else p.budget / 2
+        head = rounds_prefix(near_r, math.ceil(half_near), p.budget_mode) if half_near else 0
+        tail = rounds_prefix(far_r, math.ceil(half_far), p.budget_mode) if half_far else 0
+        chosen = np.zeros(order.size, dtype=bool)  # by position in the nearest order
+        chosen[:head] = True
+        chosen[order.size - tail:] = True  # D_train1 and D_train2 may overlap on a small pool: their union
+        sel_o, sel_r = near_o[chosen], near_r[chosen]
+        if p.mix == "fft":
+            sel_o, sel_r = sel_o[::-1].copy(), sel_r[::-1].copy()
+        elif p.mix == "rt":
+            perm = np.random.default_rng(p.seed).permutation(sel_o.size)
+            sel_o, sel_r = sel_o[perm], sel_r[perm]
+    if not sel_o.size:
+        raise ConfigError(f"budget {p.budget} keeps no whole round", key="arrange.budget",
+                          fix="raise the budget or use budget_mode: exact")
+    return Arrangement(sel_o.astype(np.int64), sel_r.astype(np.int32), attrs)

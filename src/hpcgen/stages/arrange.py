@@ -4,11 +4,20 @@ Writes ``arrangement.h5``:
     /order          int64 (n)   training rows in training order (0 = first training record)
     /ids            utf-8 (n)   their record ids
     /round          int32 (n)   round of each position (round-based strategies only)
-    /sd_curve       float64     SD_k of the order at ``sd_interval`` items (when distances exist)
-    /sd_curve_cumulative float64
-    attributes: strategy, params (JSON), n_train, n_test, n_selected, rounds, passes, sd_distance
-Strategies that need no embeddings (random, round_robin, cluster) depend on prepare only, so
-they cause no embedding or similarity work (unless ``sd_curve: always``).
+    /sd_curve       float64 (K) the headline SD_k at every ``sd_interval`` items (when distances
+                                exist): eq. 9 on the seen sub-matrix with the ``distance``
+                                operator (``wsd``: Cosine-Min_k + Scaled-Cosine-Avg_k, eq. 13), or
+                                with ``sd_measure: item_interval`` the older per-item interval mean
+    /measures/items_seen  int64 (K)       items seen at checkpoint k: min(k * sd_interval, n)
+    /measures/tasks       utf-8 (T)       the unseen test tasks
+    /measures/overall/<m>  float64 (K)    each measure of B.4 / Figure 15 against the whole test set
+    /measures/per_task/<m> float64 (K, T) and against each unseen task
+    attributes: strategy, params (JSON), n_train, n_test, n_selected, rounds, passes, sd_distance,
+    sd_measure, sd_interval, and for WSD orders the weights used (wsd_w_min, wsd_w_avg)
+The measures <m> are cosine_{min,max,avg,centroid}, euclidean_{...} (eq. 9, from the embeddings)
+and bigram_kl (eqs. 10-12), as ``measures`` lists. Strategies that need no embeddings (random,
+round_robin, cluster) depend on prepare only, so they cause no embedding or similarity work
+(unless ``sd_curve: always``), and then have no curves.
 """
 
 from __future__ import annotations
@@ -30,27 +39,53 @@ from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Stage, Task
 from hpcgen.similarity.h5 import STR, read_aggregate
 from hpcgen.similarity.kernels import HeldOut, block_distances
-from hpcgen.similarity.measures import sd_curve
+from hpcgen.similarity.measures import (
+    EMBEDDING_MEASURES,
+    MEASURES,
+    bigram_kl_curves,
+    checkpoint_ends,
+    item_interval_curve,
+    submatrix_curves,
+    wsd,
+)
+
+Measure = Literal[MEASURES]  # type: ignore[valid-type]
 
 
 class ArrangeConfig(StageConfig):
     strategy: str = Field("random", description="one of: " + ", ".join(STRATEGIES))
     seed: int = 0
     distance: Literal["wsd", "min", "max", "avg", "centroid"] = Field(
-        "wsd", description="per-item distance for nft/fft/coarse: an aggregate, or w_min*min + w_avg*avg")
+        "wsd", description="per-item distance for nft/fft/coarse: an aggregate, or WSD (eq. 13)")
     metric: Literal["cosine", "euclidean"] = "cosine"
-    w_min: float = 1.0
-    w_avg: float = 1.0
+    wsd_weights: Literal["scaled", "fixed"] = Field(
+        "scaled", description="scaled: eq. 13 (w_min 1, w_avg mean(min)/mean(avg) over the items); "
+        "fixed: w_min and w_avg as given (not the paper's)")
+    w_min: float = Field(1.0, description="WSD weight of min (wsd_weights: fixed)")
+    w_avg: float = Field(1.0, description="WSD weight of avg (wsd_weights: fixed)")
     coarse_order: Literal["nearest", "farthest"] = "nearest"
     direction: Literal["nearest", "reverse", "farthest_rounds"] = "nearest"
     within_round: Literal["index", "distance"] = "index"
     budget: int | None = Field(None, ge=1, description="M: how many items to keep (tma, tma_mix)")
-    budget_mode: Literal["rounds", "exact"] = "rounds"
-    window: tuple[int, int] | None = Field(None, description="TMA rounds [i, j)")
-    mix: Literal["half", "min", "max"] = "half"
+    budget_mode: Literal["crossing", "fit", "exact"] = Field(
+        "crossing", description="crossing: whole rounds until M is reached, the crossing round kept (C.3); "
+        "fit: whole rounds that fit in M; exact: exactly M items")
+    window: tuple[int, int] | None = Field(None, description="TMA rounds [i, j) (Figure 8)")
+    mix: Literal["nft", "fft", "rt", "min", "max"] = Field(
+        "nft", description="tma_mix: the five settings of Appendix C.3 / Figure 17")
+    max_source: Literal["rounds", "farthest_pick"] = Field(
+        "rounds", description="tma_mix max: the far end of the nearest-pick rounds (the paper's text) or a "
+        "separate farthest-pick TMA (the authors' select_max_data)")
     sd_curve: Literal["auto", "always"] = Field(
         "auto", description="auto: SD_k curves when the strategy uses distances anyway; always: for every strategy")
-    sd_interval: int = Field(80, ge=1, description="items between checkpoints (steps x global batch)")
+    sd_measure: Literal["submatrix", "item_interval"] = Field(
+        "submatrix", description="the headline SD_k: eq. 9 on the whole seen sub-matrix (cumulative), or the "
+        "mean per-item distance of the items seen since the previous checkpoint (not the paper's)")
+    sd_interval: int = Field(160, ge=1, description="s of eq. 9, items between checkpoints: global batch x "
+                             "save_every (160 in the paper), or a divisor of it")
+    measures: list[Measure] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(MEASURES),
+        description="the measures of Appendix B.4 stored per checkpoint and unseen task (empty: none)")
     block_rows: int = Field(4096, ge=1)
     dense_rows: int = Field(32768, ge=1, description="TMA: rows left when the last rounds run in memory")
     dense_limit_mb: int = Field(1024, ge=0, description="load a stored matrix up to this size, else recompute")
@@ -100,6 +135,7 @@ class Arrange(Stage):
     name = "arrange"
     section = "arrange"
     Config = ArrangeConfig
+    version = 2  # eq. 13's scaled WSD, eq. 9's SD_k and the measures
     upstream = ("prepare", "similarity")
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=8192, time=60)
 
@@ -111,35 +147,87 @@ class Arrange(Stage):
 
     def run(self, task: Task) -> None:
         p: ArrangeConfig = task.config.arrange
-        records = pq.read_table(task.input("prepare").dir / "records.parquet", columns=["id", "task", "split"])
+        records = pq.read_table(task.input("prepare").dir / "records.parquet",
+                                columns=["id", "task", "split", "embed_text"])
         split = np.asarray(records.column("split").to_pylist(), dtype=object)
         train = np.flatnonzero(split == "train")
-        if not (split == "test").any():
+        test = np.flatnonzero(split == "test")
+        if not test.size:
             raise ConfigError("the test set is empty", key="data", fix="arrangements are relative to a test set")
+        all_tasks = np.asarray(records.column("task").to_pylist(), dtype=object)
         ids = np.asarray(records.column("id").to_pylist(), dtype=object)[train]
-        tasks = np.asarray(records.column("task").to_pylist(), dtype=object)[train]
-        ctx = Context(tasks=tasks, seed=p.seed, params=p)
+        ctx = Context(tasks=all_tasks[train], seed=p.seed, params=p)
         sim = task.inputs.get("similarity", [None])[0]
         if sim is not None:
             self._attach_similarity(ctx, sim, p, len(train))
         result = STRATEGIES[p.strategy](ctx)
-        with h5py.File(task.output("arrangement.h5"), "w") as f:
+        curves = None
+        if sim is not None:
+            texts = records.column("embed_text").to_pylist()
+            curves = self._curves(ctx, sim, p, result.order, [texts[i] for i in train], [texts[i] for i in test],
+                                  all_tasks[test])
+        tmp = task.output("arrangement.h5")
+        with h5py.File(tmp, "w") as f:
             f.create_dataset("order", data=result.order)
             f.create_dataset("ids", data=list(ids[result.order]), dtype=STR)
             if result.rounds is not None:
                 f.create_dataset("round", data=result.rounds)
             attrs = {"strategy": p.strategy, "params": json.dumps(p.model_dump(mode="json", exclude={"resources"})),
-                     "n_train": len(train), "n_selected": int(result.order.size), "hpcgen_version": __version__}
-            if ctx.item_distance is not None:
-                d = (p.w_min * ctx.item_distance("min") + p.w_avg * ctx.item_distance("avg")
-                     if p.distance == "wsd" else ctx.item_distance(p.distance)).astype(np.float64)
-                f.create_dataset("sd_curve", data=sd_curve(d, result.order, p.sd_interval))
-                f.create_dataset("sd_curve_cumulative", data=sd_curve(d, result.order, p.sd_interval, "cumulative"))
-                attrs.update(sd_distance=p.distance, sd_metric=p.metric, sd_interval=p.sd_interval)
+                     "n_train": len(train), "n_test": len(test), "n_selected": int(result.order.size),
+                     "hpcgen_version": __version__}
+            if curves is not None:
+                headline, measures, task_names, extra = curves
+                f.create_dataset("sd_curve", data=headline)
+                attrs.update(sd_distance=p.distance, sd_metric=p.metric, sd_interval=p.sd_interval,
+                             sd_measure=p.sd_measure, **extra)
+                if measures:
+                    g = f.create_group("measures")
+                    g.create_dataset("items_seen", data=checkpoint_ends(int(result.order.size), p.sd_interval))
+                    g.create_dataset("tasks", data=task_names, dtype=STR)
+                    for name, (overall, per_task) in measures.items():
+                        g.create_dataset(f"overall/{name}", data=overall)
+                        g.create_dataset(f"per_task/{name}", data=per_task)
             attrs.update({k: v for k, v in result.attrs.items() if v is not None})
             f.attrs.update(attrs)
         task.log.info("%s: %d of %d training items%s", p.strategy, result.order.size, len(train),
                       f", {result.attrs['rounds']} rounds" if "rounds" in result.attrs else "")
+
+    @staticmethod
+    def _curves(ctx: Context, sim, p: ArrangeConfig, order: np.ndarray, train_texts: list[str],
+                test_texts: list[str], test_tasks: np.ndarray):
+        """(headline SD_k, {measure: (overall (K,), per task (K, T))}, task names, attrs)."""
+        names = [str(t) if t is not None else "(all)" for t in test_tasks]
+        task_names = list(dict.fromkeys(names))
+        col_task = np.asarray([task_names.index(t) for t in names], dtype=np.int64)
+        wanted = [m for m in MEASURES if m in p.measures]
+        metrics = sorted({m.split("_")[0] for m in wanted if m in EMBEDDING_MEASURES} |
+                         ({p.metric} if p.sd_measure == "submatrix" else set()))
+        measures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        extra: dict = {}
+        if metrics:
+            with h5py.File(sim.dir / "embeddings.h5", "r") as f:
+                train_emb = np.asarray(f["train"][:], dtype=np.float32)
+                test_emb = np.asarray(f["test"][:], dtype=np.float32)
+                normalized = bool(f.attrs.get("normalized", True))
+            sub = submatrix_curves(train_emb, test_emb, col_task, order, p.sd_interval, metrics, normalized,
+                                   p.block_rows)
+            for name in sub["overall"]:
+                measures[name] = (sub["overall"][name], sub["per_task"][name])
+        if "bigram_kl" in wanted:
+            measures["bigram_kl"] = bigram_kl_curves(train_texts, test_texts, col_task, order, p.sd_interval)
+        if p.sd_measure == "item_interval":
+            mn, av = ctx.item_distance("min"), ctx.item_distance("avg")
+            d = wsd(mn, av, p.wsd_weights, p.w_min, p.w_avg)[0] if p.distance == "wsd" else \
+                ctx.item_distance(p.distance).astype(np.float64)
+            headline = item_interval_curve(d, order, p.sd_interval)
+        elif p.distance == "wsd":  # eq. 13: Cosine-Min_k + Cosine-Avg_k scaled over the checkpoints
+            mn, av = measures[f"{p.metric}_min"][0], measures[f"{p.metric}_avg"][0]
+            headline, w_min, w_avg = wsd(mn, av, p.wsd_weights, p.w_min, p.w_avg)
+            extra.update(sd_w_min=w_min, sd_w_avg=w_avg)
+        else:
+            headline = measures[f"{p.metric}_{p.distance}"][0]
+        measures = {k: v for k, v in measures.items() if k in wanted}
+        return headline, measures, task_names, extra
 
     @staticmethod
     def _attach_similarity(ctx: Context, sim, p: ArrangeConfig, n_train: int) -> None:
@@ -173,12 +261,15 @@ class Arrange(Stage):
             train, test, normalized = embeddings()
             return EmbeddingDistances(train, HeldOut.build(np, test), p.metric, normalized)
 
-        def task_distance(groups: list[np.ndarray]) -> np.ndarray:
+        def task_distance(groups: list[np.ndarray], attrs: dict | None = None) -> np.ndarray:
             train, test, normalized = embeddings()
             means = np.stack([train[g].mean(axis=0) for g in groups]).astype(np.float32)
             _, agg = block_distances(np, means, HeldOut.build(np, test), p.metric, False)
-            if p.distance == "wsd":
-                return p.w_min * agg["min"].astype(np.float64) + p.w_avg * agg["avg"].astype(np.float64)
+            if p.distance == "wsd":  # eq. 13 over the task embeddings
+                values, w_min, w_avg = wsd(agg["min"], agg["avg"], p.wsd_weights, p.w_min, p.w_avg)
+                if attrs is not None:
+                    attrs.update(wsd_w_min=w_min, wsd_w_avg=w_avg, wsd_weights=p.wsd_weights)
+                return values
             return agg[p.distance].astype(np.float64)
 
         ctx.item_distance, ctx.distances, ctx.task_distance = item_distance, distances, task_distance
