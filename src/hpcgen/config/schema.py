@@ -266,7 +266,7 @@ class StageConfig(Model):
     resources: StageResources = Field(default_factory=StageResources)
 
 
-RESERVED = ("name", "output_dir", "cluster", "matrix", "include")
+RESERVED = ("name", "output_dir", "cluster", "matrix", "include", "preset")
 
 
 def experiment_model(sections: dict[str, type[StageConfig]]) -> type[BaseModel]:

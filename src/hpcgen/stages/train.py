@@ -33,7 +33,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "max_length": 128},
     # the bundled demo: a ~0.9 M-parameter LLaMA from scratch that shows the effect on a CPU
     "demo": {"architecture": "llama", "layers": 2, "hidden": 128, "heads": 4, "tokenizer": "bpe",
-             "vocab_size": 4096, "max_length": 512, "global_batch": 16, "micro_batch": 16, "lr": 2e-3,
+             "vocab_size": 4096, "max_length": 512, "global_batch": 16, "micro_batch": 4, "length_grouping": True,
+             "lr": 2e-3,
              "warmup_steps": 5, "schedule": "cosine", "save_every": 10,
              "deepspeed": "zero0"},  # one process: ZeRO's partitioning would only add copies
 }
@@ -70,6 +71,9 @@ class TrainConfig(StageConfig):
     resume_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     keep_resumable: int = Field(2, ge=1)
     eval_in_loop: bool = Field(False, description="test loss inside the training job at each snapshot")
+    length_grouping: bool = Field(False, description="sort each step's items by length into its micro batches, "
+                                  "losses weighted by answer tokens: the same gradient, less padding")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon (the authors used 1e-5)")
     partitioned_init: bool = Field(False, description="ZeRO-3: build a from-scratch model inside zero.Init "
                                    "(each rank holds only its shard from the start; other initial weights than "
                                    "the same seed gives under other stages)")

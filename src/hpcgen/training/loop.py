@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcgen.errors import ConfigError
-from hpcgen.training.data import Feed, batch_sizes, collate, encode
+from hpcgen.training.data import Feed, batch_sizes, collate, encode, token_weights
 from hpcgen.training.dsconfig import load_deepspeed
 
 
@@ -161,7 +161,8 @@ def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
     """AdamW, as ``optimizer_kind`` chooses."""
     import torch
 
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=getattr(cfg, "adam_eps", 1e-8),
+                  weight_decay=cfg.weight_decay)
     kind = optimizer_kind(ds_config, device)
     if kind == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -368,7 +369,7 @@ def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 
     was_training = model.training
     model.eval()
     rows = [i for i in range(len(enc.ids)) if enc.ids[i] is not None]
-    mine = rows[rank::world]
+    mine = sorted(rows[rank::world], key=lambda i: len(enc.ids[i]))  # batches of similar lengths pad less
     n_batches = _math.ceil(_math.ceil(len(rows) / world) / batch)
     total = torch.zeros(2, dtype=torch.float64, device=engine.device)  # sum of record means, records
     with torch.no_grad():
@@ -466,8 +467,10 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
                           fix="raise max_length")
     keep = np.asarray([i for i in range(len(order_rows)) if enc.ids[i] is not None], dtype=np.int64)
     accumulation = batch_sizes(cfg.global_batch, cfg.micro_batch, world)
+    lengths = (np.asarray([len(x) if x is not None else 0 for x in enc.ids], dtype=np.int64)
+               if cfg.length_grouping else None)
     feed = Feed(order=keep, micro_batch=cfg.micro_batch, accumulation=accumulation, world_size=world,
-                epochs=cfg.epochs)
+                epochs=cfg.epochs, lengths=lengths)
     if feed.steps == 0:
         raise ConfigError(f"{len(keep)} training items make no full global batch of {cfg.global_batch}",
                           key="train.global_batch", fix="lower the global batch")
@@ -545,12 +548,14 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     for step in range(start, feed.steps):
         t0 = time.perf_counter()
         losses, tokens, rows_seen = [], 0, []
-        for rows in feed.micro_batches(step, rank):
+        micro = feed.micro_batches(step, rank)
+        weights = token_weights(micro, enc) if cfg.length_grouping else [1.0] * len(micro)
+        for rows, weight in zip(micro, weights):
             batch = {k: v.to(engine.device) for k, v in collate(list(rows), enc, tokenizer.pad_token_id).items()}
             out = engine(**batch)
-            engine.backward(out.loss)
+            engine.backward(out.loss * weight if weight != 1.0 else out.loss)
             engine.step()
-            losses.append(out.loss.detach().float())
+            losses.append(out.loss.detach().float() * weight)
             tokens += int(batch["attention_mask"].sum())
             rows_seen += [int(order_rows[r]) for r in rows]
         stats = step_stats(torch.stack(losses).mean(), tokens, engine.device, world).tolist()
@@ -587,4 +592,5 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
         board.close()
     return {"steps": feed.steps, "global_batch": feed.global_batch, "accumulation": accumulation,
             "world_size": world, "too_long": [int(order_rows[i]) for i in enc.too_long],
+            "records_too_long": len(enc.too_long), "records_truncated": int(getattr(enc, "truncated", 0)),
             "dropped_partial_batch": int(len(keep) - feed.steps_per_epoch * feed.global_batch), "device": device}
