@@ -142,3 +142,65 @@ def test_bad_data_input_is_one_line_exit_2_no_records(case, executor, tmp_path, 
     if line is not None:
         assert f"bad.yaml:{line}: " in message
     assert not list((tmp_path / "out").glob("store/prepare/*/records.parquet"))
+
+
+FLAN = ROOT / "tests" / "fixtures" / "data"
+
+
+def test_flan_mini_split_file_relative_to_the_experiment_and_all_turns(tmp_path, capsys):
+    shutil.copy(FLAN / "flan_mini.json", tmp_path / "flan_mini.json")
+    (tmp_path / "lists").mkdir()
+    shutil.copy(FLAN / "flan_split.json", tmp_path / "lists" / "train_eval_key_list.json")
+    shutil.copy(FLAN / "multiturn.json", tmp_path / "chat.json")
+    exp = tmp_path / "flan.yaml"
+    exp.write_text("""
+name: flan
+output_dir: out
+data:
+  sources:
+    - {format: flan_mini, path: flan_mini.json, split_file: lists/train_eval_key_list.json, turns: all}
+    - {format: sharegpt, path: chat.json, turns: all, test_size: 1}
+  max_per_train_task: 2
+  generalist_size: 2
+""")
+    code, _, err = run(["submit", exp, "--executor", "debug", "--until", "prepare"], capsys)
+    assert code == 0, err
+    path, rows = records_of(tmp_path / "out")
+    flan = [r for r in rows if r["source"] == "flan_mini"]
+    assert {r["task"] for r in flan if r["split"] == "train"} == {"cot_gsm8k", "flan2021_anli_r1",
+                                                                   "niv2_task1146_country_capital"}
+    assert {r["task"] for r in flan if r["split"] == "test"} == {"t0_wiki_qa", "dialog_wow"}
+    assert sum(r["split"] == "train" for r in flan) == 6  # 3 tasks capped at 2
+    mt1 = next(r for r in rows if r["id"] == "sharegpt/MT1")
+    assert mt1["answer"] == "(3*4)/6 = 12/6 = 2." and mt1["prompt"].endswith("\nUser: So what is (3*4)/6?")
+    assert mt1["embed_text"] == f"{mt1['prompt']} {mt1['answer']}"
+    assert mt1["text"] == f"<s>User: {mt1['prompt']} Assistant: {mt1['answer']}</s>"
+    skipped = json.loads((path.parent / "summary.json").read_text())["skipped"]
+    assert skipped["flan_mini: tasks in neither list of split_file (dropped)"] == 1
+    assert skipped["flan_mini: train tasks of split_file not in the data"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "bad_json", "overlap", "none_in_data", "with_test_tasks"])
+def test_bad_split_file_is_one_line_exit_2(case, tmp_path, capsys):
+    shutil.copy(FLAN / "flan_mini.json", tmp_path / "flan_mini.json")
+    split = tmp_path / "split.json"
+    split.write_text({"bad_json": '{"train": ["cot_gsm8k"],, "test": []}',
+                      "overlap": '{"train": ["dialog_wow"], "test": ["dialog_wow"]}',
+                      "none_in_data": '{"train": ["cot_gsm8k"], "test": ["nope"]}'}.get(
+        case, '{"train": ["cot_gsm8k"], "test": ["dialog_wow"]}'))
+    name = "nowhere.json" if case == "missing" else "split.json"
+    extra = ", test_tasks: 1" if case == "with_test_tasks" else ""
+    exp = bad(tmp_path, f"    - {{format: flan_mini, path: flan_mini.json, split_file: {name}{extra}}}\n")
+    code, out, err = run(["submit", exp, "--executor", "debug"], capsys)
+    assert code == 2, out + err
+    message = err.strip()
+    assert message.count("\n") == 0 and message.startswith("error: "), message
+    if case == "with_test_tasks":
+        assert "bad.yaml:5: data.sources.0.flan_mini: test_tasks sizes the seeded random split" in message
+    else:
+        assert "data.sources[0].split_file: " in message and str(tmp_path / name) in message, message
+        if case != "none_in_data":  # found at submit time, with the line
+            assert "bad.yaml:5: " in message
+    assert {"missing": "not found", "bad_json": "is not valid JSON", "overlap": "as both a train and a test task",
+            "none_in_data": "none of the 1 test tasks", "with_test_tasks": "remove test_tasks"}[case] in message
+    assert not list((tmp_path / "out").glob("store/prepare/*/records.parquet"))

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hpcgen.config.schema import InputPath, Model, SafeStr
 from hpcgen.data.records import Example, iter_json_records
+from hpcgen.data.splitfile import DESCRIPTION, apply_split, read_split_file, split_fingerprint
 from hpcgen.errors import ConfigError
 
 HUB_PREFIX = "hf://"
@@ -86,6 +87,53 @@ class RecordSource(LocalSource):
             raise ConfigError(f"{self.path!r} is a directory; {self.format} reads one JSON or JSONL file",
                               key=f"{key}.path")
         yield from iter_json_records(path, f"{key}.path")
+
+
+class TaskSplitSource(Source):
+    """A mixin for sources whose records carry a task: ``split_file`` fixes the train/test tasks
+    (``hpcgen.data.splitfile``); without it ``assign_splits`` draws the seeded random split that
+    ``test_tasks`` and ``train_tasks`` size. Put it before the record base in the class list."""
+
+    split_file: InputPath | None = Field(None, description=DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _split_file_alone(self):
+        if self.split_file is not None:
+            sized = [k for k in ("test_tasks", "train_tasks") if k in self.model_fields_set]
+            if sized:
+                raise ValueError(f"{sized[0]} sizes the seeded random split, which split_file replaces: "
+                                 f"remove {' and '.join(sized)} or split_file")
+        return self
+
+    def _split_key(self, key: str) -> str:
+        return f"{key}.split_file"
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        if self.split_file is not None:
+            read_split_file(self.split_file, self._split_key(key))
+
+    def fingerprint(self) -> list[str]:
+        return super().fingerprint() + split_fingerprint(self.split_file)
+
+    def estimate_records(self, train_cap: int, test_cap: int) -> int | None:
+        """With both lists in the split file: the listed tasks times the caps."""
+        if self.split_file is None:
+            return super().estimate_records(train_cap, test_cap)
+        try:
+            split = read_split_file(self.split_file, "split_file")
+        except ConfigError:  # check() reports it where it can name the key
+            return None
+        if split.train is None:
+            return None
+        return train_cap * len(split.train) + test_cap * len(split.test)
+
+    def split_by_file(self, examples: Iterator[Example], key: str, stats: Counter) -> Iterator[Example]:
+        """``examples`` as they are, or with the split file's splits (tasks of neither list dropped)."""
+        if self.split_file is None:
+            return examples
+        split = read_split_file(self.split_file, self._split_key(key))
+        return apply_split(examples, split, label=self.label(), key=self._split_key(key), stats=stats)
 
 
 def load_hub(name: str, config: str | None, split: str, key: str) -> Any:
