@@ -96,3 +96,37 @@ def test_generation_metrics_and_the_axis_plot(tmp_path):
     assert set(result["figures"]) >= {"generation_metrics", "final_vs_axis"}
     assert (out / "final_vs_axis.png").stat().st_size > 1000
     assert result["runs"][2]["final_exact_match"] == pytest.approx(2 / 3)
+
+
+def test_the_stage_reports_labels_train_counts_and_provenance(tmp_path):
+    """Aggregate.run on a task's meta and inputs, as a job sees them (through make_report, which
+    ``hpcgen report`` calls too)."""
+    import logging
+    from types import SimpleNamespace
+
+    from hpcgen.stages.aggregate import Aggregate, ReportConfig
+    from tests.report.files import Store
+
+    store = Store(tmp_path / "store")
+    for seed, d in ((0, 0.0), (1, 0.2)):
+        store.run(f"rt{seed}", f"strategy=random,seed={seed}", {"arrange.strategy": "random", "arrange.seed": seed},
+                  "RT", [10, 20, 30, 40], [3.0 + d, 2.8 + d, 2.6 + d, 2.5 + d],
+                  train={"steps": 40, "records_truncated": 5, "records_too_long": 2})
+    store.run("tma", "strategy=tma", {"arrange.strategy": "tma"}, "TMA-NFT", [10, 20, 30, 40], [2.5, 2.2, 2.0, 1.9],
+              sd=np.linspace(-0.8, -0.5, 10), sd_interval=16)
+    store.meta["provenance"] = {"hpcgen_version": "1.2.3", "commit": None, "runs": 3}
+    out = tmp_path / "out"
+    task = SimpleNamespace(meta=store.meta, inputs=store.inputs, log=logging.getLogger("test"),
+                           config=SimpleNamespace(report=ReportConfig(early_fraction=0.5)),
+                           output_dir=lambda name: out / name)
+    Aggregate().run(task)
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    # steps <= 20 are the first half: RT seeds 2.9 and 3.1, TMA-NFT 2.35
+    assert summary["baseline"]["early_means"] == pytest.approx([2.9, 3.1], abs=1e-6)
+    assert summary["early_vs_baseline"]["TMA-NFT"]["delta"] == pytest.approx(2.35 - 3.0, abs=1e-6)
+    rows = {r["run_id"]: r for r in summary["runs"]}
+    assert rows["rt1"]["records_truncated"] == 5 and rows["rt1"]["records_too_long"] == 2
+    assert rows["rt1"]["setting"] == "RT" and rows["rt1"]["run"] == "strategy=random,seed=1"
+    page = (out / "report" / "report.html").read_text()
+    assert "1.2.3 (commit unknown)" in page and "3 with evaluated snapshots of 3" in page
+    assert "RT (2 seeds)" in page and "TMA-NFT" in page and "Δ vs RT (first 50 %)" in page

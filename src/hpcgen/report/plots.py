@@ -1,7 +1,15 @@
-"""The figures, each written as PNG and SVG (matplotlib, no display needed)."""
+"""The figures, each written as PNG and SVG (matplotlib, no display needed).
+
+Every figure kind is a function ``(view, folder, stem, title, task) -> [png, svg]`` registered in
+``KINDS`` with its file name, default title, a one-line caption (what it shows, with the
+paper's axes) and, for the kinds that redo one of the paper's figures, what the paper found. A
+kind whose data is absent raises ``NoData`` with the reason; the report notes it and goes on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -10,116 +18,414 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hpcgen.report.curves import RunCurve, correlation, mean_std, sd_at_snapshots, seed_groups  # noqa: E402
+from hpcgen.report.curves import (  # noqa: E402
+    MEASURE_NAMES,
+    MEASURES,
+    RunCurve,
+    Setting,
+    band,
+    correlation,
+    measure_at_snapshots,
+    sd_at_snapshots,
+)
+
+METRIC_NAMES = {"exact_match": "Exact-Match", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "reward": "RM score"}
+LOSS_AXIS = "averaged test loss (unseen tasks)"
+STEP_AXIS = "training step"
+
+
+class NoData(Exception):
+    """The data a figure needs is not there (the reason is the message)."""
+
+
+@dataclass
+class View:
+    """What every figure draws from: the settings, which one is the baseline, the early window."""
+
+    settings: list[Setting]
+    baseline: list[Setting] = field(default_factory=list)  # the baseline setting(s), possibly none
+    early_until: float | None = None
+    early_fraction: float = 0.3
+    palette: dict[str, str] = field(default_factory=dict)  # setting name -> colour, the same in every figure
+
+    def __post_init__(self) -> None:
+        if not self.palette:
+            others = [s.name for s in self.settings if not self.is_baseline(s)]
+            self.palette = {name: f"C{i % 10}" for i, name in enumerate(others)}
+
+    @property
+    def curves(self) -> list[RunCurve]:
+        return [c for s in self.settings for c in s.runs]
+
+    def is_baseline(self, s: Setting) -> bool:
+        return any(s is b for b in self.baseline)
+
+    def style(self, s: Setting) -> dict:
+        """One colour per setting in every figure; the baseline black, dashed and thicker."""
+        if self.is_baseline(s):
+            return {"color": "black", "linestyle": "--", "linewidth": 2.0, "zorder": 5}
+        return {"color": self.palette.get(s.name, "C9"), "linestyle": "-", "linewidth": 1.4, "zorder": 3}
+
+    def legend(self, s: Setting) -> str:
+        return s.legend + (" (baseline)" if self.is_baseline(s) else "")
+
+    def setting_of(self, c: RunCurve) -> Setting:
+        return next(s for s in self.settings if any(r is c for r in s.runs))
 
 
 def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, editable
+        fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
 
 
-def loss_curves(curves: list[RunCurve], folder: Path, name: str = "loss_curves") -> list[Path]:
-    """Test loss against training step, one line per run (mean ± std band over seeds)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, group in seed_groups(curves).items():
-        steps, mean, std = mean_std(group)
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label + (f" ({len(group)} seeds)"
-                                                                              if len(group) > 1 else ""))
-        if len(group) > 1:
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        nan = [s for c in group for s, v in zip(c.steps, c.loss) if np.isnan(v)]
+def _task_values(task: str | None) -> Callable[[RunCurve], np.ndarray | None]:
+    if task is None:
+        return lambda c: c.loss
+    return lambda c: c.per_task.get(task)
+
+
+def _check_task(view: View, task: str | None) -> None:
+    if task is not None and not any(task in c.per_task for c in view.curves):
+        known = sorted({t for c in view.curves for t in c.per_task})
+        raise NoData(f"no run has the unseen task {task!r} (tasks: {', '.join(known[:8])}"
+                     f"{' ...' if len(known) > 8 else ''})")
+
+
+def _setting_lines(ax, view: View, values, shade: bool = True, markers: bool = True, label: bool = True) -> int:
+    """One line per setting (mean over its seeds) and its min-max seed band; returns lines drawn."""
+    drawn = 0
+    for s in view.settings:
+        runs = [c for c in s.runs if values(c) is not None]
+        if not runs:
+            continue
+        steps, mean, lo, hi = band(runs, values)
+        if not np.isfinite(mean).any():
+            continue
+        st = view.style(s)
+        ax.plot(steps, mean, marker="o" if markers else None, markersize=3, label=view.legend(s) if label else None,
+                **st)
+        if shade and len(runs) > 1:
+            ax.fill_between(steps, lo, hi, color=st["color"], alpha=0.15, linewidth=0)
+        drawn += 1
+    return drawn
+
+
+def _outside_legend(fig, ax) -> None:
+    """The settings' legend beside a grid of panels, off the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+
+
+def _early_line(ax, view: View) -> None:
+    if view.early_until is not None:
+        ax.axvline(view.early_until, color="grey", linestyle=":", linewidth=1,
+                   label=f"end of the first {view.early_fraction * 100:g} % of steps")
+
+
+def loss_curves(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Figs. 3, 6, 7, 17: averaged test loss against step, one line per setting."""
+    _check_task(view, task)
+    values = _task_values(task)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    _setting_lines(ax, view, values)
+    for s in view.settings:
+        nan = [st for c in s.runs if values(c) is not None for st, v in zip(c.steps, values(c)) if np.isnan(v)]
         if nan:
-            ax.plot(nan, [np.nanmax(mean)] * len(nan), "x", color=line.get_color(), label=f"{label}: NaN points")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test loss (unseen tasks)")
-    ax.set_title("Test loss during training, by arrangement")
+            finite = [v for c in s.runs if values(c) is not None for v in values(c) if np.isfinite(v)]
+            y = max(finite) if finite else 0.0
+            ax.plot(nan, [y] * len(nan), "x", color=view.style(s)["color"], label=f"{s.name}: NaN points")
+    _early_line(ax, view)
+    ax.set_xlabel(STEP_AXIS)
+    ax.set_ylabel(f"test loss on {task}" if task else LOSS_AXIS)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, folder, name)
+    return _save(fig, folder, stem)
 
 
-def per_task(curves: list[RunCurve], folder: Path, max_tasks: int = 12) -> list[Path]:
-    """Specialist view: the loss on each unseen task (the first ``max_tasks``)."""
+def per_task(view: View, folder: Path, stem: str, title: str, task: str | None = None,
+             max_tasks: int = 12) -> list[Path]:
+    """The loss on each unseen task (the first ``max_tasks``), one line per setting."""
+    _check_task(view, task)
     # runs may have different test tasks (each rewriting run has its own unseen instructions)
-    tasks = list(dict.fromkeys(t for c in curves for t in c.per_task))[:max_tasks]
-    cols = 4
+    tasks = [task] if task else list(dict.fromkeys(t for c in view.curves for t in c.per_task))[:max_tasks]
+    if not tasks:
+        raise NoData("the evaluation outputs name no test task")
+    cols = min(4, len(tasks))
     rows = max(1, -(-len(tasks) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False, sharex=True,
+                             layout="constrained")
     for ax, t in zip(axes.flat, tasks):
-        for c in curves:
-            if t in c.per_task:
-                ax.plot(c.steps, c.per_task[t], linewidth=1, label=c.name)
-        ax.set_title(t[:40], fontsize=7)
+        _setting_lines(ax, view, _task_values(t), markers=False)
+        ax.set_title(t[:48], fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=5)
-    fig.suptitle("Test loss per unseen task")
-    return _save(fig, folder, "per_task")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_AXIS, fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test loss", fontsize=7)
+    _outside_legend(fig, axes.flat[0])
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
 
 
-def sd_vs_loss(curves: list[RunCurve], folder: Path) -> tuple[list[Path], dict[str, tuple[float, float]]]:
+def sd_vs_loss(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
     """The similarity distance SD_k of what was seen beside the loss, and their correlation."""
-    with_sd = [c for c in curves if c.sd is not None]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    corr = {}
+    with_sd = [c for c in view.curves if c.sd is not None and c.sd_interval]
+    if not with_sd:
+        raise NoData("no arrangement.h5 has an SD_k curve (/sd_curve; arrange.sd_curve: always draws one "
+                     "for every strategy)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2), layout="constrained")
     for c in with_sd:
+        s = view.setting_of(c)
+        st = view.style(s)
         sd = sd_at_snapshots(c)
-        (line,) = left.plot(c.steps, sd, label=c.name)
-        p, s = correlation(sd, c.loss)
-        corr[c.name] = (p, s)
-        right.scatter(sd, c.loss, s=10, color=line.get_color(), label=f"{c.name}: r={p:.2f}, rho={s:.2f}")
-    left.set_xlabel("training step")
-    left.set_ylabel("SD_k of the items seen")
-    left.set_title("Similarity distance of the training data")
+        name = s.run_name(c)
+        left.plot(c.steps, sd, label=name, color=st["color"], linestyle=st["linestyle"])
+        p, rho = correlation(sd, c.loss)
+        right.scatter(sd, c.loss, s=12, color=st["color"], label=f"{name}: r={p:.2f}, ρ={rho:.2f}")
+    left.set_xlabel(STEP_AXIS)
+    left.set_ylabel("SD_k (training items seen vs test set)")
+    left.set_title("Similarity distance of the data seen")
     right.set_xlabel("SD_k")
-    right.set_ylabel("test loss")
+    right.set_ylabel(LOSS_AXIS)
     right.set_title("Similarity distance against loss")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        if with_sd:
-            ax.legend(fontsize=7)
-    return _save(fig, folder, "sd_vs_loss"), corr
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
 
 
-def generation_metrics(curves: list[RunCurve], folder: Path) -> list[Path]:
-    """Exact-Match and ROUGE-L of the greedy answers against training step."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("exact_match", "rougeL")):
-        for c in curves:
-            if metric in c.metrics:
-                ax.plot(c.steps, c.metrics[metric], marker="o", markersize=3, label=c.name)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} on unseen tasks")
+def _measure_axis(name: str) -> str:
+    if name.startswith("cosine"):
+        return "distance (−cosine similarity)"
+    if name.startswith("euclidean"):
+        return "Euclidean distance"
+    return "KL divergence"
+
+
+def measures(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Fig. 15: the loss beside each of the nine similarity distance measures, against step."""
+    table = "per_task" if task else "overall"
+    with_m = [c for c in view.curves if (c.measures_per_task if task else c.measures)]
+    if task is not None:
+        with_m = [c for c in with_m if task in c.measure_tasks]
+    if not with_m:
+        raise NoData("no arrangement.h5 has similarity measures (/measures/" + table
+                     + (f" for the task {task!r}" if task else "") + ")")
+    present = [m for m in MEASURES if any(m in (c.measures_per_task if task else c.measures) for c in with_m)]
+    keep = [Setting(s.name, s.label, s.context, [c for c in s.runs if c in with_m]) for s in view.settings]
+    keep = [s for s in keep if s.runs]
+    sub = View(settings=keep, baseline=[s for s in keep if any(s.name == b.name for b in view.baseline)],
+               early_until=view.early_until, early_fraction=view.early_fraction, palette=view.palette)
+    panels = ["loss", *present]
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.8 * rows), squeeze=False, sharex=True,
+                             layout="constrained")
+    for ax, name in zip(axes.flat, panels):
+        if name == "loss":
+            _setting_lines(ax, sub, _task_values(task), markers=False)
+            ax.set_title("test loss" + (f" ({task[:30]})" if task else ""), fontsize=8)
+            ax.set_ylabel(LOSS_AXIS if not task else "test loss", fontsize=7)
+        else:
+            _setting_lines(ax, sub, lambda c, n=name: measure_at_snapshots(c, n, task), markers=False, label=False)
+            ax.set_title(MEASURE_NAMES[name], fontsize=8)
+            ax.set_ylabel(_measure_axis(name), fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_AXIS, fontsize=7)
+    _outside_legend(fig, axes.flat[0])
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
+
+
+def window_label(w: tuple[int, int]) -> str:
+    return f"[{w[0]}, {w[1]})"
+
+
+def windows(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Fig. 8: one line per TMA round window [i, j); beside it the minimum and final loss of each."""
+    _check_task(view, task)
+    values = _task_values(task)
+    groups: dict[tuple, list[RunCurve]] = {}
+    for s in view.settings:
+        for c in s.runs:
+            if c.window is not None and values(c) is not None:
+                groups.setdefault((c.window, s.name), []).append(c)
+    if not groups:
+        raise NoData("no arrangement is a TMA round window (arrange.window is null in every run's params)")
+    per_window: dict[tuple, int] = {}
+    for w, _ in groups:
+        per_window[w] = per_window.get(w, 0) + 1
+    keys = sorted(groups, key=lambda k: (k[0], k[1]))
+    labels = {k: window_label(k[0]) + (f" — {k[1]}" if per_window[k[0]] > 1 else "") for k in keys}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.3), gridspec_kw={"width_ratios": [3, 2]},
+                                      layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    mins, finals = [], []
+    for i, k in enumerate(keys):
+        runs = groups[k]
+        steps, mean, lo, hi = band(runs, values)
+        color = cmap(i / max(1, len(keys) - 1) * 0.9)
+        n = len(runs)
+        left.plot(steps, mean, color=color, marker="o", markersize=3,
+                  label=labels[k] + (f" ({n} seeds)" if n > 1 else ""))
+        if n > 1:
+            left.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
+        per_run_min = [np.nanmin(values(c)) for c in runs if np.isfinite(values(c)).any()]
+        per_run_final = [values(c)[np.isfinite(values(c))][-1] for c in runs if np.isfinite(values(c)).any()]
+        mins.append(float(np.mean(per_run_min)) if per_run_min else np.nan)
+        finals.append(float(np.mean(per_run_final)) if per_run_final else np.nan)
+    for b in view.baseline:
+        if all(c.window is None for c in b.runs):
+            steps, mean, _, _ = band(b.runs, values)
+            left.plot(steps, mean, label=view.legend(b), **view.style(b))
+    x = np.arange(len(keys))
+    right.plot(x, mins, marker="o", label="minimum loss")
+    right.plot(x, finals, marker="s", label="final loss")
+    right.set_xticks(x, [labels[k] for k in keys], rotation=30, fontsize=7)
+    right.set_xlabel("TMA rounds of the training data")
+    right.set_ylabel(LOSS_AXIS if not task else "test loss")
+    right.set_title("Minimum and final loss per window")
+    left.set_xlabel(STEP_AXIS)
+    left.set_ylabel(LOSS_AXIS if not task else f"test loss on {task}")
+    left.set_title("Loss by round window")
+    for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, folder, "generation_metrics")
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
 
 
-def final_vs_axis(curves: list[RunCurve], folder: Path) -> list[Path] | None:
+def generation_metrics(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Fig. 2: loss, Exact-Match, ROUGE-1, ROUGE-L (and RM score) against step, a panel each."""
+    present = [m for m in METRIC_NAMES if any(m in c.metrics for c in view.curves)]
+    if not present:
+        raise NoData("no generation metrics were scored (eval.generate: true scores Exact-Match and ROUGE)")
+    panels = ["loss", *present]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False, layout="constrained")
+    for ax, name in zip(axes.flat, panels):
+        if name == "loss":
+            _setting_lines(ax, view, lambda c: c.loss)
+            ax.set_ylabel(LOSS_AXIS, fontsize=8)
+            ax.set_title("loss", fontsize=9)
+        else:
+            _setting_lines(ax, view, lambda c, m=name: c.metrics.get(m), label=False)
+            ax.set_ylabel(f"{METRIC_NAMES[name]} (unseen tasks)", fontsize=8)
+            ax.set_title(METRIC_NAMES[name], fontsize=9)
+        ax.set_xlabel(STEP_AXIS, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
+
+
+def varying_numeric_axis(curves: list[RunCurve]) -> str | None:
+    """The one numeric, non-seed matrix axis whose value varies over the runs, if exactly one."""
+    def numeric(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    axes = {k for c in curves for k, v in c.values.items() if numeric(v) and "seed" not in k}
+    varying = [a for a in axes if all(numeric(c.values.get(a)) for c in curves)
+               and len({c.values[a] for c in curves}) > 1]
+    return varying[0] if len(varying) == 1 else None
+
+
+def final_vs_axis(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
     """The last snapshot's loss (and Exact-Match, when scored) against the one numeric matrix axis
     the runs vary, e.g. the number of training instructions of the diversity study."""
-    axes_seen = {k for c in curves for k, v in c.values.items() if isinstance(v, (int, float)) and "seed" not in k}
-    if len(axes_seen) != 1:
-        return None
-    axis = axes_seen.pop()
-    xs = np.asarray([c.values[axis] for c in curves], dtype=float)
-    order = np.argsort(xs)
-    fig, left = plt.subplots(figsize=(6, 4))
-    left.plot(xs[order], [curves[i].loss[-1] for i in order], marker="o", label="test loss")
+    curves = view.curves
+    axis = varying_numeric_axis(curves)
+    if axis is None:
+        raise NoData("the runs vary no single numeric matrix axis")
+    _check_task(view, task)
+    values = _task_values(task)
+
+    def last(v):
+        v = v[np.isfinite(v)] if v is not None else np.array([])
+        return float(v[-1]) if v.size else np.nan
+
+    xs = sorted({float(c.values[axis]) for c in curves})
+    loss = [np.nanmean([last(values(c)) for c in curves if float(c.values[axis]) == x] or [np.nan]) for x in xs]
+    fig, left = plt.subplots(figsize=(6.5, 4.2))
+    left.plot(xs, loss, marker="o", label="test loss")
     left.set_xlabel(axis)
     left.set_ylabel("test loss at the last snapshot")
     if all("exact_match" in c.metrics for c in curves):
+        em = [np.mean([last(c.metrics["exact_match"]) for c in curves if float(c.values[axis]) == x]) for x in xs]
         right = left.twinx()
-        right.plot(xs[order], [curves[i].metrics["exact_match"][-1] for i in order], marker="s", color="C1",
-                   label="exact match")
-        right.set_ylabel("exact match on unseen tasks")
-    if xs.min() > 0 and xs.max() / xs.min() >= 20:
+        right.plot(xs, em, marker="s", color="C1", label="exact match")
+        right.set_ylabel("Exact-Match on unseen tasks")
+    if min(xs) > 0 and max(xs) / min(xs) >= 20:
         left.set_xscale("log")
-    left.set_title(f"Unseen-task results against {axis.rsplit('.', 1)[-1]}")
+    left.set_title(title)
     left.grid(alpha=0.3)
-    return _save(fig, folder, "final_vs_axis")
+    return _save(fig, folder, stem)
+
+
+@dataclass(frozen=True)
+class Kind:
+    draw: Callable[..., list[Path]]
+    stem: str  # the file name, without .png / .svg
+    title: str
+    caption: str  # one line: what it shows; {baseline} and {early} are filled in
+    finding: str | None = None  # what the paper found, for the kinds that redo one of its figures
+    auto: bool | str = True  # in the default set: always (True) or only when its data is there ("data")
+
+
+KINDS: dict[str, Kind] = {
+    "loss": Kind(
+        loss_curves, "loss_curves", "Averaged test loss on unseen tasks",
+        "Averaged test loss on the unseen tasks against training step, one line per setting: the mean over its "
+        "seeds, shaded between its lowest and highest seed (min–max); {baseline} the dotted line ends the first "
+        "{early} of steps (cf. the paper's Figs. 3, 6, 7, 17)."),
+    "per_task": Kind(
+        per_task, "per_task", "Test loss per unseen task",
+        "Test loss on each unseen task against training step (up to 12 tasks), one line per setting, mean over "
+        "seeds with the min–max seed band (cf. the per-task curves of the paper's Figs. 3, 10–14)."),
+    "sd_vs_loss": Kind(
+        sd_vs_loss, "sd_vs_loss", "Similarity distance SD_k and test loss",
+        "Left: the similarity distance SD_k between the training items seen so far and the test set, at each "
+        "snapshot, against training step; right: the averaged test loss against SD_k, with Pearson r and "
+        "Spearman ρ per run."),
+    "measures": Kind(
+        measures, "measures", "Test loss and the nine similarity distance measures",
+        "Averaged test loss (first panel) beside each similarity distance measure between the training data seen "
+        "so far and the test set (Cosine and Euclidean × min, max, avg, centroid; bigram KL), at every snapshot, "
+        "against training step; mean over seeds (cf. the paper's Fig. 15).",
+        finding="drops in the minimum distances coincide with the sudden drops of the loss; Cosine and Euclidean "
+                "differ little, centroid follows avg, and bigram KL shows no clear pattern (App. B.4).",
+        auto="data"),
+    "windows": Kind(
+        windows, "windows", "Averaged test loss by TMA round window",
+        "Averaged test loss against training step of training on the items of TMA rounds [i, j) only, one line "
+        "per window (mean over seeds), and the minimum and final loss of each window (cf. the paper's Fig. 8).",
+        finding="from rounds [0, 5) to [25, 30) the loss falls more slowly and its minimum is higher: the earlier "
+                "TMA selects a sub-training set, the better it generalizes (Takeaway 6).",
+        auto="data"),
+    "metrics": Kind(
+        generation_metrics, "generation_metrics", "Loss and generation metrics on unseen tasks",
+        "Averaged test loss, Exact-Match, ROUGE-1 and ROUGE-L (and RM score where scored) of the greedy answers on "
+        "the unseen tasks against training step, one panel each, mean over seeds (cf. the paper's Fig. 2).",
+        finding="Exact-Match and ROUGE rise within about 10 steps but are unstable; the loss is smooth and reaches "
+                "its lowest point within 50 steps, so loss is the stable measure of zero-shot generalization "
+                "(Takeaways 1, 2).",
+        auto="data"),
+    "final_vs_axis": Kind(
+        final_vs_axis, "final_vs_axis", "Unseen-task results against the varied axis",
+        "Test loss at the last snapshot (and Exact-Match, where scored) against the one numeric matrix axis the "
+        "runs vary, mean over seeds.",
+        auto="data"),
+}

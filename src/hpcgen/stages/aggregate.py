@@ -1,48 +1,116 @@
 """aggregate: one node over all runs of the experiment: curves, plots and the report.
 
-Outputs a ``report/`` directory: curves.csv, curves.h5, loss_curves.png/.svg, per_task.png/.svg,
-sd_vs_loss.png/.svg, report.md, report.html (self-contained), summary.json.
-``hpcgen report FILE`` rebuilds the same from whatever is on disk, at any time.
+Outputs a ``report/`` directory: curves.csv, curves.h5, one PNG and SVG per figure (the
+``report.figures`` list; by default loss_curves, per_task, sd_vs_loss, and measures, windows,
+generation_metrics, final_vs_axis where their data exists), report.md, report.html
+(self-contained) and summary.json. Runs are grouped into settings by their matrix label (seeds
+of one label are one setting); the headline is each setting's mean test loss over the first
+``early_fraction`` of the steps minus the baseline's. ``hpcgen report FILE`` rebuilds the same
+from whatever is on disk, at any time, through the same ``make_report``.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any, Literal
 
-from hpcgen.config.schema import Resources, StageConfig
+from pydantic import Field, model_validator
+
+from hpcgen.config.schema import Model, Resources, SafeStr, StageConfig
+from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Stage, Task
 from hpcgen.report.curves import build_curve
 from hpcgen.report.document import write_report
+
+FigureKind = Literal["loss", "per_task", "sd_vs_loss", "measures", "windows", "metrics", "final_vs_axis"]
+
+
+class FigureSpec(Model):
+    """One figure of the report. A plain kind name ("loss") stands for ``{kind: loss}``."""
+
+    kind: FigureKind = Field(
+        description="loss: averaged test loss per setting, seed band (Figs. 3, 6, 7, 17); per_task: one panel "
+                    "per unseen task; sd_vs_loss: SD_k against loss; measures: the loss beside the nine "
+                    "similarity distance measures (Fig. 15); windows: loss per TMA round window (Fig. 8); "
+                    "metrics: loss, Exact-Match, ROUGE-1/L per step (Fig. 2); final_vs_axis: last loss against "
+                    "the one numeric axis varied")
+    title: SafeStr | None = Field(None, description="the figure's title (default: the kind's own)")
+    finding: SafeStr | None = Field(
+        None, description="one line: what the paper found, printed in the caption after 'Paper:' (unset: the "
+                          "kind's own for measures, windows and metrics; null: none)")
+    task: SafeStr | None = Field(None, description="one unseen task instead of the average (loss, per_task, "
+                                                   "measures, windows, final_vs_axis)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
 
 
 class ReportConfig(StageConfig):
     title: str | None = Field(None, description="default: the experiment's name")
     at_steps: list[int] | None = Field(None, description="steps for the summary table (default: 1/4, 1/2, end)")
+    figures: list[FigureSpec] | None = Field(
+        None, description="the figures, in order (default: loss, per_task, sd_vs_loss, and measures, windows, "
+                          "metrics, final_vs_axis where their data exists); a listed kind without data is "
+                          "skipped with a note")
+    baseline: SafeStr | None = Field("RT", description="label of the baseline setting the headline compares with "
+                                                       "(null: none)")
+    early_fraction: float = Field(0.3, gt=0, le=1, description="the headline's early window: this fraction of "
+                                                               "the training steps")
 
 
-def collect(meta: dict, evaluate_nodes, arrange_nodes) -> list:
+def figure_specs(cfg: ReportConfig) -> list[dict] | None:
+    """The figure list as ``write_report`` takes it (an unset ``finding`` keeps the kind's own)."""
+    if cfg.figures is None:
+        return None
+    out = []
+    for f in cfg.figures:
+        spec = {"kind": f.kind, "title": f.title, "task": f.task}
+        if "finding" in f.model_fields_set:
+            spec["finding"] = f.finding
+        out.append(spec)
+    return out
+
+
+def collect(meta: dict, evaluate_nodes, arrange_nodes, train_nodes=()) -> list:
     """One curve per run from its evaluation outputs (runs without any are left out)."""
     curves = []
     for run_id, info in meta.items():
         ev = next((u for u in evaluate_nodes if run_id in u.runs), None)
         ar = next((u for u in arrange_nodes if run_id in u.runs), None)
+        tr = next((u for u in train_nodes if run_id in u.runs), None)
         files = sorted(ev.dir.glob("losses-*.h5")) if ev is not None else []
         if files:
-            curves.append(build_curve(run_id, info, files, ar.dir / "arrangement.h5" if ar is not None else None))
+            curves.append(build_curve(run_id, info, files, ar.dir / "arrangement.h5" if ar is not None else None,
+                                      tr.dir / "summary.json" if tr is not None else None))
     return curves
+
+
+def make_report(meta: dict, inputs: dict[str, list], folder: Path, cfg: ReportConfig | None = None) -> dict:
+    """The report of an experiment into ``folder`` (made if missing), from its metadata (``runs``,
+    ``experiment``, ``provenance``: ``Experiment.meta()`` or a task's ``meta``) and its upstream
+    nodes by stage. Shared by the aggregate stage and ``hpcgen report``."""
+    cfg = cfg if isinstance(cfg, ReportConfig) else ReportConfig()
+    curves = collect(meta.get("runs", {}), inputs.get("evaluate", []), inputs.get("arrange", []),
+                     inputs.get("train", []))
+    if not curves:
+        raise ConfigError("no run has evaluated snapshots yet", key="report", fix="run hpcgen submit first")
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_report(curves, folder, cfg.title or meta.get("experiment") or "hpcgen report", cfg.at_steps,
+                        figures=figure_specs(cfg), baseline=cfg.baseline, early_fraction=cfg.early_fraction,
+                        provenance=meta.get("provenance"))
 
 
 class Aggregate(Stage):
     name = "aggregate"
     section = "report"
     Config = ReportConfig
-    upstream = ("evaluate", "arrange")
+    upstream = ("evaluate", "arrange", "train")
     scope = "experiment"
+    version = 2  # settings by label, the early-loss headline, figure list, train counts
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=1, gpus=0, mem=4096, time=30)
 
     def run(self, task: Task) -> None:
-        cfg: ReportConfig = task.config.report
-        curves = collect(task.meta.get("runs", {}), task.inputs.get("evaluate", []), task.inputs.get("arrange", []))
-        folder = task.output_dir("report")
-        result = write_report(curves, folder, cfg.title or task.meta.get("experiment", "hpcgen report"), cfg.at_steps)
+        result = make_report(task.meta, task.inputs, task.output_dir("report"), task.config.report)
         task.log.info("report of %d run(s): %s", len(result["runs"]), ", ".join(result["figures"]))
