@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcgen.errors import ConfigError
-from hpcgen.training.data import IGNORE, Feed, batch_sizes, collate, encode
+from hpcgen.training.data import IGNORE, Feed, batch_sizes, collate, encode, token_weights
 from hpcgen.training.tokenizer import char_tokenizer
 
 TEMPLATE = "<{prompt}={answer}>"
@@ -33,6 +33,43 @@ def test_truncation_drops_prompt_from_the_left_never_the_answer(tok):
     assert tok.decode(enc.ids[0]) == "hij=xyz>"  # 8 tokens: the prompt lost "<abcdefg"
     assert enc.n_prompt[0] == 4 and enc.too_long == [1]  # the second answer alone is 10 tokens
     assert enc.ids[1] is None
+    assert enc.truncated == 1  # counted for the report
+
+
+def test_length_grouping_gives_the_gradient_of_one_batch(tok):
+    """Sorted micro batches with token-weighted losses, averaged over the accumulation as
+    DeepSpeed does, give the gradient of the mean over every answer token of the step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghij")
+    prompts = ["".join(rng.choice(letters, rng.integers(1, 30))) for _ in range(8)]
+    answers = ["".join(rng.choice(letters, rng.integers(1, 6))) for _ in range(8)]
+    enc = encode(tok, prompts, answers, TEMPLATE, 64)
+    lengths = np.asarray([len(x) for x in enc.ids])
+    feed = Feed(np.arange(8), micro_batch=2, accumulation=4, world_size=1, lengths=lengths)
+    micro = feed.micro_batches(0, 0)
+    assert sorted(np.concatenate(micro).tolist()) == list(range(8))  # the same items, only regrouped
+    assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(micro, micro[1:]))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tok.pad_token_id))
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    whole = grads(model(**collate(list(range(8)), enc, tok.pad_token_id)).loss)
+    weights = token_weights(micro, enc)
+    assert abs(sum(weights) - len(micro)) < 1e-9
+    grouped = grads(sum(model(**collate(list(m), enc, tok.pad_token_id)).loss * w for m, w in zip(micro, weights))
+                    / len(micro))
+    assert torch.allclose(grouped, whole, rtol=1e-4, atol=1e-6)
+    plain = grads(sum(model(**collate(list(m), enc, tok.pad_token_id)).loss for m in micro) / len(micro))
+    assert not torch.allclose(plain, whole, rtol=1e-4, atol=1e-6)  # unweighted micro batches differ
 
 
 def test_feed_gives_every_step_exactly_its_items():
