@@ -58,11 +58,22 @@ def mutations(doc):
 @pytest.mark.parametrize("source", BUNDLED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_one_value_mutation_is_accepted_or_refused_in_one_line(source, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HPCGEN_PIPELINE", raising=False)
-    # relative paths in the file resolve as they do beside the original
-    for entry in ("examples",):
-        (tmp_path / entry).symlink_to(ROOT / entry)
+    # relative paths in the file (data, includes) resolve as they do beside the original: the
+    # mutated copy sits at the same place in a tree of links to the repository's files
+    rel = source.relative_to(ROOT)
+    for entry in ("examples", "experiments.yaml"):
+        if entry != rel.parts[0]:
+            (tmp_path / entry).symlink_to(ROOT / entry)
+    parent = tmp_path
+    for part in rel.parts[:-1]:
+        here = ROOT / parent.relative_to(tmp_path) / part
+        parent = parent / part
+        parent.mkdir()
+        for child in here.iterdir():
+            if child.name not in rel.parts:
+                (parent / child.name).symlink_to(child)
     doc = yaml.safe_load(source.read_text())
-    target = tmp_path / source.name
+    target = tmp_path / rel
     shape = re.compile(rf"^error: {re.escape(str(target))}:\d+: \S+: .+")
     refused = accepted = 0
     problems = []
@@ -78,7 +89,8 @@ def test_every_one_value_mutation_is_accepted_or_refused_in_one_line(source, tmp
         else:
             problems.append(f"{what}: exit {code}: {err.strip()[-300:]}")
     assert not problems, "\n".join(problems[:20])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["examples", source.name])  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples", "experiments.yaml"]  # nothing written
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(p.name for p in source.parent.iterdir())
     assert refused > 3 * accepted  # the mutations are wrong on purpose: most must be refused
 
 

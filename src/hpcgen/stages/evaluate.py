@@ -126,8 +126,8 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
 def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu") -> np.ndarray:
     """Mean answer-token cross-entropy of every encoded record (NaN for records left out)."""
     import torch
-    import torch.nn.functional as F
 
+    from hpcgen.metrics.loss import record_losses
     from hpcgen.training.data import collate
 
     out = np.full(len(enc.ids), np.nan, dtype=np.float64)
@@ -137,11 +137,8 @@ def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
             b = {k: v.to(device) for k, v in collate(chunk, enc, pad_id).items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-            labels = b["labels"][:, 1:]
-            ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-            n = (labels != -100).sum(1)
-            values = (ce.sum(1) / n.clamp(min=1)).double().cpu().numpy()
+            sums, n = record_losses(model, b)
+            values = (sums / n.clamp(min=1)).cpu().numpy()
             values[(n == 0).cpu().numpy()] = np.nan
             out[chunk] = values
     return out

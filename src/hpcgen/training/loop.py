@@ -363,7 +363,8 @@ def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 
 
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
+
+    from hpcgen.metrics.loss import record_losses
 
     model = engine.module
     was_training = model.training
@@ -379,11 +380,8 @@ def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 
             if not chunk:
                 chunk = rows[:1]  # a forward all ranks must take part in; its loss is not counted
             b = {key: v.to(engine.device) for key, v in collate(chunk, enc, pad_id).items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-            labels = b["labels"][:, 1:]
-            ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-            mask = (labels != -100).float()
-            means = (ce.sum(1) / mask.sum(1).clamp(min=1)).double()[:real]
+            sums, n = record_losses(model, b, answer_only=False)  # ZeRO-3's hooks expect whole forwards
+            means = (sums / n.clamp(min=1))[:real]
             total[0] += means.sum()
             total[1] += real
     if dist.is_initialized() and world > 1:
