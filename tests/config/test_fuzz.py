@@ -90,7 +90,8 @@ def test_every_one_value_mutation_is_accepted_or_refused_in_one_line(source, tmp
             problems.append(f"{what}: exit {code}: {err.strip()[-300:]}")
     assert not problems, "\n".join(problems[:20])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["examples", "experiments.yaml"]  # nothing written
-    assert sorted(p.name for p in target.parent.iterdir()) == sorted(p.name for p in source.parent.iterdir())
+    if target.parent != tmp_path:
+        assert sorted(p.name for p in target.parent.iterdir()) == sorted(p.name for p in source.parent.iterdir())
     assert refused > 3 * accepted  # the mutations are wrong on purpose: most must be refused
 
 

@@ -52,17 +52,6 @@ def test_plan_lists_labels(capsys):
     assert [r["label"] for r in runs] == ["RT", "RT", "NFT", "TMA-FFT"]
 
 
-@pytest.mark.parametrize("name, message", [
-    ("bad_label_outside_zip.yaml", "'label' names the positions of a zip group"),
-    ("bad_label_length.yaml", "zip group of unequal lengths"),
-    ("bad_preset.yaml", "unknown preset 'papers'; valid presets: paper"),
-])
-def test_bad_labels_and_presets_are_one_line(name, message, capsys):
-    assert main(["plan", str(FIXTURES / name)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err and name in err
-
-
 def test_paper_preset_sits_between_the_file_and_section_presets(pipeline):
     cfg = load("config_with_preset.yaml", pipeline).runs[0].config
     t, d = cfg.train, cfg.data

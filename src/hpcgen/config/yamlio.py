@@ -117,6 +117,31 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _replaced(base: dict[str, Any], top: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
+    """Key paths whose value ``top`` replaces outright (not merged) in ``base``."""
+    out: list[KeyPath] = []
+    for key, value in top.items():
+        if key not in base:
+            continue
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out += _replaced(base[key], value, prefix + (key,))
+        else:
+            out.append(prefix + (key,))
+    return out
+
+
+def _layer(merged: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], data: dict[str, Any],
+           new_origins: dict[KeyPath, tuple[str, int]]) -> dict[str, Any]:
+    """Merge ``data`` over ``merged``; a replaced value takes its origins along (a list an
+    including file rewrites must not keep the lines of the included file's items)."""
+    gone = _replaced(merged, data)
+    if gone:
+        for keypath in [k for k in origins if any(k[:len(g)] == g and len(k) > len(g) for g in gone)]:
+            del origins[keypath]
+    origins.update(new_origins)
+    return _merge(merged, data)
+
+
 def load(path: str | Path, _stack: tuple[Path, ...] = ()) -> Document:
     """Load an experiment file and everything it includes."""
     path = Path(path)
@@ -143,8 +168,6 @@ def load(path: str | Path, _stack: tuple[Path, ...] = ()) -> Document:
             raise ConfigError(f"included file {inc!r} not found", file=file, line=line,
                               key="include", fix="paths are relative to the including file")
         sub = load(inc_path, _stack + (resolved,))
-        merged = _merge(merged, sub.data)
-        merged_origins.update(sub.origins)
-    merged = _merge(merged, data)
-    merged_origins.update({k: v for k, v in origins.items() if k != ("include",)})
+        merged = _layer(merged, merged_origins, sub.data, sub.origins)
+    merged = _layer(merged, merged_origins, data, {k: v for k, v in origins.items() if k != ("include",)})
     return Document(data=merged, origins=merged_origins, path=path)
