@@ -43,10 +43,12 @@ def run(file: str, out: Path) -> dict:
     if proc.returncode != 0:
         row["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return row
-    name = next(line.split(":", 1)[1].strip() for line in (ROOT / file).read_text().splitlines()
-                if line.startswith("name:"))
-    summary = json.loads((out / "experiments" / name / "report" / "summary.json").read_text())
-    row["experiment"] = name
+    plan = json.loads(subprocess.run([sys.executable, "-m", "hpcgen", "plan", str(ROOT / file), "--json", "--set",
+                                      f"output_dir={out}"], capture_output=True, text=True, check=True).stdout)
+    key = next(n["key"] for n in plan["nodes"] if n["stage"] == "aggregate")
+    summary = json.loads((out / "store" / "aggregate" / key / "report" / "summary.json").read_text())
+    row["experiment"] = plan["experiment"]
+    row["report"] = str(out / "store" / "aggregate" / key / "report" / "report.html")
     row["early"] = summary.get("early")
     base = summary.get("baseline")
     if base:

@@ -21,13 +21,13 @@ def overrides(out) -> list[str]:
 def check_report(out) -> None:
     [report] = list((out / "store" / "aggregate").glob("*/report"))
     summary = json.loads((report / "summary.json").read_text())
-    names = {r["run"] for r in summary["runs"]}
-    assert names == {"strategy=random,direction=nearest", "strategy=nft,direction=nearest",
-                     "strategy=fft,direction=nearest", "strategy=tma,direction=nearest",
-                     "strategy=tma,direction=reverse"}
+    assert sorted(r["label"] for r in summary["runs"]) == ["FFT", "NFT", "RT", "RT", "RT", "TMA-FFT", "TMA-NFT"]
+    assert summary["baseline"]["label"] == "RT" and summary["baseline"]["seeds"] == 3
+    assert set(summary["early_vs_baseline"]) == {"RT", "NFT", "FFT", "TMA-NFT", "TMA-FFT"}
     page = (report / "report.html").read_text()
-    assert all(name in page for name in names) and page.count("data:image/png;base64,") >= 3
-    for fig in ("loss_curves", "per_task", "sd_vs_loss"):
+    assert all(label in page for label in ("TMA-NFT", "TMA-FFT", "RT (3 seeds)")) and "Provenance" in page
+    assert page.count("data:image/png;base64,") >= 4
+    for fig in ("loss_curves", "per_task", "sd_vs_loss", "measures"):
         assert (report / f"{fig}.png").stat().st_size > 1000
     assert all(r["snapshots"] == 3 for r in summary["runs"])  # 180 training items // 16 = 11 steps: 4, 8, 11
     assert all(r["pearson_sd_loss"] == r["pearson_sd_loss"] for r in summary["runs"])  # SD_k for every order

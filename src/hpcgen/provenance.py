@@ -38,9 +38,9 @@ def _source(src: Any) -> str:
 
 def _model(cfg: Any) -> str:
     t = getattr(cfg, "train", None)
-    if t is None:
+    if t is None or not hasattr(t, "architecture"):  # a pipeline without hpcgen's train stage
         return "?"
-    if t.model:
+    if getattr(t, "model", None):
         return t.model
     return (f"{t.architecture} from scratch: {t.layers} layers, hidden {t.hidden}, {t.heads} heads, "
             f"{t.tokenizer} tokenizer" + (f" ({t.vocab_size})" if t.tokenizer == "bpe" else ""))
@@ -51,15 +51,17 @@ def describe(exp: Any) -> dict[str, Any]:
     cfg = exp.runs[0].config
     data = getattr(cfg, "data", None)
     embed = getattr(cfg, "embed", None)
-    matrix = yaml.safe_dump(exp.raw_matrix, sort_keys=False, width=100).strip() if exp.raw_matrix else ""
+    matrix = (yaml.safe_dump(exp.raw_matrix, sort_keys=False, width=100, default_flow_style=None).strip()
+              if exp.raw_matrix else "")
+    sources = getattr(data, "sources", None)
     return {
         "hpcgen_version": __version__,
         "commit": commit(),
         "experiment_file": str(Path(exp.file).resolve()),
         "overrides": list(exp.overrides),
-        "data": [_source(s) for s in getattr(data, "sources", [])],
+        "data": [_source(s) for s in sources] if isinstance(sources, (list, tuple)) else [],
         "model": _model(cfg),
-        "embedding_model": getattr(embed, "model", None),
+        "embedding_model": str(getattr(embed, "model", "")) or None,
         "matrix": matrix,
         "runs": len(exp.runs),
     }

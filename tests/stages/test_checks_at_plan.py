@@ -73,7 +73,7 @@ def test_batch_sizes_are_checked_against_the_ranks_a_profile_gives(command, tmp_
     code = main([command[0], str(tmp_path / "exp.yaml"), *command[1:]])
     [message] = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert re.match(r"error: \S*exp.yaml:6: train.micro_batch: global batch 16 is not a multiple of micro batch 16 "
+    assert re.match(r"error: \S*exp.yaml:6: train.micro_batch: global batch 16 is not a multiple of micro batch 4 "
                     r"x 8 data-parallel ranks; with 8 rank\(s\) \(1 node\(s\) x 8\), set train.micro_batch to one "
                     r"of 1, 2$", message), message
     (tmp_path / "exp.yaml").write_text((tmp_path / "exp.yaml").read_text() + "  micro_batch: 1\n")

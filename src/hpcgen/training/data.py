@@ -17,9 +17,9 @@ weighs the same, whatever its number of answer tokens).
 Length grouping (``train.length_grouping``): a rank's items of one step are sorted by length
 before they are cut into micro batches, so each micro batch pads to a similar length (about half
 of a mixed batch of NIV2 records is padding). Each micro batch's loss is then weighted by its
-share of the rank's answer tokens (``token_weights``), which makes the step's gradient exactly
-that of the mean over all the rank's answer tokens of the step, as one micro batch of them would
-give. What a step trains on, and so the arrangement, is unchanged: only the grouping inside it.
+share of the step's answer tokens over all ranks (``token_weights``), which makes the step's
+gradient exactly that of the mean over all its answer tokens, as one batch of them in one process
+would give, whatever the number of ranks. What a step trains on, and so the arrangement, is unchanged: only the grouping inside it.
 """
 
 from __future__ import annotations
@@ -128,13 +128,16 @@ def answer_tokens(rows, enc: Encoded) -> int:
     return sum(len(enc.ids[r]) - enc.n_prompt[r] for r in rows)
 
 
-def token_weights(batches: list[np.ndarray], enc: Encoded) -> list[float]:
-    """Per micro batch, the factor that turns its mean answer-token loss, averaged over the
-    micro batches by gradient accumulation, into the mean over all their answer tokens:
-    accumulation x (its answer tokens / all answer tokens)."""
+def token_weights(batches: list[np.ndarray], enc: Encoded, step_tokens: int | None = None,
+                  world_size: int = 1) -> list[float]:
+    """Per micro batch of this rank, the factor that turns its mean answer-token loss, averaged
+    over the accumulation (DeepSpeed divides by it) and over the ranks (their gradients are
+    averaged), into the mean over every answer token of the step: accumulation x ranks x (its
+    answer tokens / the step's answer tokens over all ranks). ``step_tokens`` is that total
+    (every rank knows the step's items); by default this rank's own."""
     counts = [answer_tokens(b, enc) for b in batches]
-    total = sum(counts)
-    return [len(batches) * c / total if total else 1.0 for c in counts]
+    total = step_tokens if step_tokens is not None else sum(counts)
+    return [len(batches) * world_size * c / total if total else 1.0 for c in counts]
 
 
 def batch_sizes(global_batch: int, micro_batch: int, world_size: int) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcgen.errors import ConfigError
-from hpcgen.training.data import Feed, batch_sizes, collate, encode, token_weights
+from hpcgen.training.data import Feed, answer_tokens, batch_sizes, collate, encode, token_weights
 from hpcgen.training.dsconfig import load_deepspeed
 
 
@@ -547,7 +547,8 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
         t0 = time.perf_counter()
         losses, tokens, rows_seen = [], 0, []
         micro = feed.micro_batches(step, rank)
-        weights = token_weights(micro, enc) if cfg.length_grouping else [1.0] * len(micro)
+        weights = (token_weights(micro, enc, answer_tokens(feed.step_items(step), enc), world)
+                   if cfg.length_grouping else [1.0] * len(micro))
         for rows, weight in zip(micro, weights):
             batch = {k: v.to(engine.device) for k, v in collate(list(rows), enc, tokenizer.pad_token_id).items()}
             out = engine(**batch)
