@@ -114,6 +114,16 @@ def _setting_lines(ax, view: View, values, shade: bool = True, markers: bool = T
     return drawn
 
 
+def _finish_grid(fig, axes, used: int, title: str) -> None:
+    """A grid of panels: unused panels off, the step axis under the last row, one legend, a title."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_AXIS, fontsize=7)
+    _outside_legend(fig, axes.flat[0])
+    fig.suptitle(title)
+
+
 def _outside_legend(fig, ax) -> None:
     """The settings' legend beside a grid of panels, off the data."""
     handles, labels = ax.get_legend_handles_labels()
@@ -165,14 +175,9 @@ def per_task(view: View, folder: Path, stem: str, title: str, task: str | None =
         ax.set_title(t[:48], fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel(STEP_AXIS, fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("test loss", fontsize=7)
-    _outside_legend(fig, axes.flat[0])
-    fig.suptitle(title)
+    _finish_grid(fig, axes, len(tasks), title)
     return _save(fig, folder, stem)
 
 
@@ -242,12 +247,7 @@ def measures(view: View, folder: Path, stem: str, title: str, task: str | None =
             ax.set_ylabel(_measure_axis(name), fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel(STEP_AXIS, fontsize=7)
-    _outside_legend(fig, axes.flat[0])
-    fig.suptitle(title)
+    _finish_grid(fig, axes, len(panels), title)
     return _save(fig, folder, stem)
 
 
