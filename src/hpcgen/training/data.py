@@ -19,7 +19,8 @@ before they are cut into micro batches, so each micro batch pads to a similar le
 of a mixed batch of NIV2 records is padding). Each micro batch's loss is then weighted by its
 share of the step's answer tokens over all ranks (``token_weights``), which makes the step's
 gradient exactly that of the mean over all its answer tokens, as one batch of them in one process
-would give, whatever the number of ranks. What a step trains on, and so the arrangement, is unchanged: only the grouping inside it.
+would give, whatever the number of ranks. What a step trains on, and so the arrangement, is
+unchanged: only the grouping inside it.
 """
 
 from __future__ import annotations
