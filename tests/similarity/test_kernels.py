@@ -10,7 +10,7 @@ import pytest
 
 from hpcgen.errors import ConfigError
 from hpcgen.similarity.kernels import HeldOut, TopK, block_distances
-from hpcgen.similarity.measures import bigram_kl, bigrams, sd_curve, set_distance, weighted_distance
+from hpcgen.similarity.measures import bigram_kl, bigrams, item_interval_curve, set_distance, wsd
 from hpcgen.similarity.xp import array_module, gpu_available
 
 
@@ -67,14 +67,14 @@ def test_backend_choice():
             array_module("cupy")
 
 
-def test_weighted_distance_and_sd_curve():
+def test_fixed_weight_wsd_and_item_interval_curve():
     agg = {"min": np.array([-0.9, -0.5, -0.1, 0.2, 0.4]), "avg": np.array([0.1, 0.0, 0.2, 0.3, 0.5])}
-    wsd = weighted_distance(agg, w_min=1.0, w_avg=0.5)
-    assert np.allclose(wsd, [-0.85, -0.5, 0.0, 0.35, 0.65])
+    d, _, _ = wsd(agg["min"], agg["avg"], "fixed", w_min=1.0, w_avg=0.5)
+    assert np.allclose(d, [-0.85, -0.5, 0.0, 0.35, 0.65])
     order = np.array([4, 3, 2, 1, 0])
-    assert np.allclose(sd_curve(wsd, order, 2), [(0.65 + 0.35) / 2, (0.0 - 0.5) / 2, -0.85])
-    assert np.allclose(sd_curve(wsd, order, 2, window="cumulative"),
-                       [(0.65 + 0.35) / 2, (0.65 + 0.35 + 0.0 - 0.5) / 4, wsd.mean()])
+    assert np.allclose(item_interval_curve(d, order, 2), [(0.65 + 0.35) / 2, (0.0 - 0.5) / 2, -0.85])
+    assert np.allclose(item_interval_curve(d, order, 2, window="cumulative"),
+                       [(0.65 + 0.35) / 2, (0.65 + 0.35 + 0.0 - 0.5) / 4, d.mean()])
 
 
 def test_bigram_kl_by_hand():

@@ -69,15 +69,11 @@ def wsd(min_values: np.ndarray, avg_values: np.ndarray, weights: str = "scaled",
     return w_min * mn + w_avg * av, float(w_min), float(w_avg)
 
 
-def weighted_distance(agg: dict[str, np.ndarray], w_min: float = 1.0, w_avg: float = 1.0) -> np.ndarray:
-    """WSD per training item from its min and avg aggregates, with fixed weights."""
-    return w_min * np.asarray(agg["min"], dtype=np.float64) + w_avg * np.asarray(agg["avg"], dtype=np.float64)
-
-
 def set_distance(a, b, *, metric: str = "cosine", agg: str = "min", w_min: float = 1.0, w_avg: float = 1.0,
                  chunk_rows: int = 4096, xp=np) -> float:
-    """The mean over a in A of its aggregate distance to B (``agg``: min, max, avg, centroid, or
-    ``wsd`` with fixed weights), computed in row chunks."""
+    """The mean over a in A of its per-item aggregate distance to B (``agg``: min, max, avg,
+    centroid, or ``wsd`` with fixed weights), computed in row chunks. Not eq. 9's set-level SD
+    except for avg: eq. 9's min and max run over the whole sub-matrix (``submatrix_curves``)."""
     from hpcgen.similarity.kernels import HeldOut, block_distances
 
     held = HeldOut.build(xp, b)
@@ -108,9 +104,6 @@ def item_interval_curve(item_distance: np.ndarray, order: np.ndarray, interval: 
         sums = np.add.reduceat(values, np.arange(0, len(values), interval)) if len(values) else np.array([])
         return sums / np.diff(np.concatenate([[0], ends]))
     raise ValueError(f"unknown window {window!r}")
-
-
-sd_curve = item_interval_curve  # the older name
 
 
 def _pair_distance(metric: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -240,13 +233,13 @@ class BigramKLCurve:
                 rows.append(self._id(b))
                 cols.append(g)
                 logs.append(math.log(c / total + eps))
-        self.n_groups = len(groups) if isinstance(groups, Sequence) else max(cols, default=-1) + 1
+        self.n_groups = len(groups)
         self.q_rows = np.asarray(rows, dtype=np.int64)
         self.q_cols = np.asarray(cols, dtype=np.int64)
         self.q_logs = np.asarray(logs, dtype=np.float64)
         self.A = np.zeros(self.n_groups)
         self.B = np.zeros(self.n_groups)
-        # by bigram id, the (group, log q) entries of the test support: a CSR layout
+        # the (group, log q) entries of the test support, sorted by bigram id for searchsorted
         sort = np.argsort(self.q_rows, kind="stable")
         self.q_rows, self.q_cols, self.q_logs = self.q_rows[sort], self.q_cols[sort], self.q_logs[sort]
         self.n_test_ids = len(self.ids)
