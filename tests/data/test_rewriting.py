@@ -97,3 +97,46 @@ def test_bad_generator_settings():
 
     with pytest.raises(ConfigError, match="cannot make 30 distinct instructions"):
         list(generate(RewritingSource(alphabet="ab", x_len=1, y_len=1, instructions=20, test_instructions=10)))
+
+
+def test_held_out_examples_of_seen_instructions():
+    cfg = RewritingSource(instructions=40, budget=400, test_instructions=6, seen_test_instructions=8,
+                          test_examples_per_instruction=3, seed=5)
+    examples = list(generate(cfg))
+    train = [e for e in examples if e.split == "train"]
+    test = [e for e in examples if e.split == "test"]
+    train_tasks = {e.task for e in train}
+    seen = [e for e in test if e.task in train_tasks]
+    unseen = [e for e in test if e.task not in train_tasks]
+    assert len(train) == 400 and len(unseen) == 6 * 3 and len(seen) == 8 * 3
+    assert len({e.task for e in seen}) == 8
+    assert not {e.prompt for e in seen} & {e.prompt for e in train}  # held out: other inputs z
+    for e in seen:
+        x, y, _, z = parse(e)
+        assert e.answer == rewrite(x, y, z)
+    # the unseen side does not depend on how many seen instructions are held out
+    fewer = list(generate(cfg.model_copy(update={"seen_test_instructions": 0})))
+    assert [e for e in fewer if e.split == "test"] == unseen
+    # nor on the number of training instructions or the budget: one unseen test set per seed
+    more = list(generate(cfg.model_copy(update={"instructions": 90, "budget": 900})))
+    assert [e for e in more if e.split == "test" and e.task not in {t.task for t in more if t.split == "train"}] \
+        == unseen
+    assert cfg.estimate_records(0, 0) == len(examples)
+    # more held-out instructions than training ones: all of them
+    small = list(generate(cfg.model_copy(update={"instructions": 4, "budget": 40})))
+    assert len({e.task for e in small if e.split == "test"} & {e.task for e in small if e.split == "train"}) == 4
+
+
+def test_mixed_families_and_test_only_sources():
+    cfg = RewritingSource(instructions=30, test_instructions=6, constraint=["repeated", "periodic", "mirror"], k=2,
+                          x_len=(4, 4), examples_per_instruction=1, seed=6)
+    xs = [parse(e)[0] for e in generate(cfg)]
+    repeated = [x for x in xs if x[0] == x[1] and x[2] == x[3]]
+    periodic = [x for x in xs if x[:2] == x[2:]]
+    mirror = [x for x in xs if x == x[::-1]]
+    assert repeated and periodic and mirror
+    assert all(x in repeated or x in periodic or x in mirror for x in xs)
+    only_test = list(generate(RewritingSource(instructions=0, test_instructions=4, seed=7)))
+    assert {e.split for e in only_test} == {"test"} and len(only_test) == 4 * 5
+    with pytest.raises(ValidationError, match="both 0"):
+        RewritingSource(instructions=0, test_instructions=0)
