@@ -31,6 +31,58 @@ def test_per_sample_loss_equals_a_hand_computation():
         assert math.isclose(got[i], sum(terms) / len(terms), rel_tol=1e-5)
 
 
+def test_forced_exact_match_is_greedy_decodings_verdict():
+    """The loss forward's Exact-Match (every answer token the argmax, the end-of-sequence token
+    included) against greedy generation with a KV cache, record by record. A random model with
+    large initial weights and a push towards the end-of-sequence token answers variedly and often
+    stops on its own; references are its own answers (a match), their prefixes (generation goes on
+    past them: no match) and altered answers (no match)."""
+    from hpcgen.stages.evaluate import generate_answers
+
+    tmpl = "{prompt}={answer}</s>"
+    tok = char_tokenizer(["abcdef>|="])
+    rng = np.random.default_rng(0)
+    prompts = ["".join(rng.choice(list("abcdef"), rng.integers(3, 12))) for _ in range(96)]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                       initializer_range=0.3, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id))
+    with torch.no_grad():
+        eos = model.transformer.wte.weight[tok.eos_token_id]
+        model.transformer.ln_f.bias += 0.5 * eos / eos.norm()
+    answers = generate_answers(model, tok, prompts, tmpl, 64, 8, 16)
+
+    def greedy_tokens(prompt):  # one prompt, no padding: the tokens greedy decoding emits
+        ids = tok(prompt + "=", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        return out[0, ids.shape[1]:].tolist()
+
+    specials = {tok.pad_token_id, tok.bos_token_id, tok.unk_token_id}
+    emitted = [greedy_tokens(p) for p in prompts]
+    # ended by </s>, with no other special token (decoding would drop it from the text, token-level
+    # and text-level verdicts then differ: a random model emits them, a trained one does not)
+    stopped = [tok.eos_token_id in t and not specials & set(t[:t.index(tok.eos_token_id)]) for t in emitted]
+    refs = []
+    for i, a in enumerate(answers):
+        if i % 3 == 0 or not a:
+            refs.append(a)
+        elif i % 3 == 1:
+            refs.append(a[:-1])
+        else:
+            refs.append(a[:-1] + ("a" if a[-1] != "a" else "b"))
+    keep = [i for i in range(len(prompts)) if stopped[i]]  # an answer cut at max_new_tokens has no verdict
+    enc = encode(tok, prompts, refs, tmpl, 64)
+    _, forced = per_sample_loss(model, enc, tok.pad_token_id, batch_size=16, exact=True)
+    greedy = np.asarray([float(answers[i] == refs[i]) for i in range(len(prompts))])
+    assert 8 <= greedy[keep].sum() <= len(keep) - 8  # both verdicts occur
+    assert np.sum(forced[keep] != greedy[keep]) <= 1  # equal up to a near tie between the two forwards
+    # a cut answer: generation's text equals the reference, but the model did not end it
+    cut = [i for i in range(len(prompts)) if tok.eos_token_id not in emitted[i] and not specials & set(emitted[i])
+           and refs[i] == answers[i]]
+    assert cut and np.all(forced[cut] == 0)
+
+
 def test_evaluate_stage_over_all_snapshots(tmp_path):
     text = BASE.replace("global_batch: 16}", "global_batch: 16, eval_in_loop: true}") + "eval: {tasks: 2}\n"
     (tmp_path / "exp.yaml").write_text(text)

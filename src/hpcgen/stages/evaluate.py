@@ -14,12 +14,18 @@ stage's template, tokenizer and masking; batches are grouped by length.
     /loss       float32 (k, n)     per snapshot and test record (NaN where it could not be computed)
     /ids, /task utf-8 (n)          the test records
     /generalist bool (n)           in the generalist subset
+    /seen       bool (n)           the record's task has training records (False for every unseen task)
+    /source     utf-8 (n)          the data source (its label) of each test record
+    /exact_match, /rouge1, /rougeL float32 (k, n)  with ``generate`` (greedy answers)
+    /exact_match (or /exact_match_forced beside a generated one)  with ``forced_exact_match``: greedy
+                                   decoding's verdict from the loss forward, no generation
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -37,6 +43,11 @@ class EvalConfig(StageConfig):
     batch_size: int = Field(32, ge=1)
     delete_after: bool = Field(False, description="delete a snapshot's weights once evaluated")
     generate: bool = Field(False, description="greedy answers, scored by Exact-Match and ROUGE-1/L")
+    rouge: bool = Field(True, description="score generated answers by ROUGE-1/L too (costs more than generating "
+                        "for short answers)")
+    forced_exact_match: bool = Field(False, description="greedy decoding's Exact-Match from the loss forward, "
+                                     "without generating (every answer token the argmax: see record_losses); "
+                                     "stored as exact_match, or as exact_match_forced beside a generated one")
     max_new_tokens: int = Field(64, ge=1)
     reward_model: str | None = Field(None, description="a sequence-classification model scoring the answers "
                                      "(e.g. UltraRM-13B on a cluster); needs generate")
@@ -123,25 +134,33 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
     return answers
 
 
-def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu") -> np.ndarray:
-    """Mean answer-token cross-entropy of every encoded record (NaN for records left out)."""
+def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu", exact: bool = False):
+    """Mean answer-token cross-entropy of every encoded record (NaN for records left out); with
+    ``exact``, also greedy decoding's Exact-Match of each (1/0, NaN where left out), from the same
+    forward (see ``record_losses``)."""
     import torch
 
     from hpcgen.metrics.loss import record_losses
     from hpcgen.training.data import collate
 
     out = np.full(len(enc.ids), np.nan, dtype=np.float64)
+    hits = np.full(len(enc.ids), np.nan, dtype=np.float64)
     rows = sorted((i for i in range(len(enc.ids)) if enc.ids[i] is not None), key=lambda i: len(enc.ids[i]))
     model.eval()
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
             b = {k: v.to(device) for k, v in collate(chunk, enc, pad_id).items()}
-            sums, n = record_losses(model, b)
+            sums, n, *ok = record_losses(model, b, exact=exact)
+            empty = (n == 0).cpu().numpy()
             values = (sums / n.clamp(min=1)).cpu().numpy()
-            values[(n == 0).cpu().numpy()] = np.nan
+            values[empty] = np.nan
             out[chunk] = values
-    return out
+            if exact:
+                verdict = ok[0].cpu().numpy().astype(np.float64)
+                verdict[empty] = np.nan
+                hits[chunk] = verdict
+    return (out, hits) if exact else out
 
 
 class Evaluate(Stage):
@@ -168,9 +187,10 @@ class Evaluate(Stage):
 
     def run(self, task: Task) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from hpcgen.training.data import encode
+        from hpcgen.training.snapshot import load_snapshot
 
         cfg: EvalConfig = task.config.eval
         train_cfg = task.config.train
@@ -182,8 +202,13 @@ class Evaluate(Stage):
         snapshots = json.loads((trained / "snapshots.json").read_text())
         mine = snapshots[task.index::task.size]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        names = ("exact_match", "rouge1", "rougeL") + (("reward",) if cfg.reward_model else ())
+        names = ("exact_match",) + (("rouge1", "rougeL") if cfg.rouge else ()) + (("reward",) if cfg.reward_model
+                                                                                 else ())
         metrics = ("loss",) + (names if cfg.generate else ())
+        forced = "exact_match_forced" if cfg.generate else "exact_match"
+        if cfg.forced_exact_match:
+            metrics += (forced,)
+        train_tasks = {r["task"] for r in table if r["split"] == "train"}
         rewarder = None  # loaded once, at the first snapshot that needs it
         prompts, answers_ref = [r["prompt"] for r in test], [r["answer"] for r in test]
         results = {m: np.full((len(mine), len(test)), np.nan, dtype=np.float32) for m in metrics}
@@ -198,11 +223,16 @@ class Evaluate(Stage):
                 if cfg.delete_after:  # that attempt may have stopped between its commit and the delete
                     delete_weights(path)
                 continue
+            t0 = time.perf_counter()
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
+            model = load_snapshot(path, dtype, device)  # a LoRA run's adapter: its base + the adapter, merged
             enc = encode(tokenizer, prompts, answers_ref, template, train_cfg.max_length)
-            results["loss"][k] = per_sample_loss(model, enc, tokenizer.pad_token_id, cfg.batch_size, device)
+            if cfg.forced_exact_match:
+                results["loss"][k], results[forced][k] = per_sample_loss(model, enc, tokenizer.pad_token_id,
+                                                                         cfg.batch_size, device, exact=True)
+            else:
+                results["loss"][k] = per_sample_loss(model, enc, tokenizer.pad_token_id, cfg.batch_size, device)
             if cfg.generate:
                 from hpcgen.metrics.text import exact_match, rouge
 
@@ -210,8 +240,9 @@ class Evaluate(Stage):
                                            cfg.max_new_tokens, cfg.batch_size, device)
                 for j, (pred, rec) in enumerate(zip(answers, test)):
                     results["exact_match"][k, j] = exact_match(pred, rec["answer"])
-                    r = rouge(pred, rec["answer"])
-                    results["rouge1"][k, j], results["rougeL"][k, j] = r["rouge1"], r["rougeL"]
+                    if cfg.rouge:
+                        r = rouge(pred, rec["answer"])
+                        results["rouge1"][k, j], results["rougeL"][k, j] = r["rouge1"], r["rougeL"]
                 if cfg.reward_model:
                     rewarder = rewarder or RewardModel(cfg.reward_model, device)
                     results["reward"][k] = rewarder.scores(prompts, answers, cfg.reward_template, cfg.batch_size)
@@ -221,7 +252,10 @@ class Evaluate(Stage):
                 for m in metrics:
                     f.create_dataset(m, data=results[m][k])
             os.replace(tmp, done)  # committed: a later attempt skips this snapshot
-            task.log.info("snapshot step %d: mean test loss %.4f", snap["step"], float(np.nanmean(results["loss"][k])))
+            em = results["exact_match"][k] if "exact_match" in results else None
+            task.log.info("snapshot step %d: mean test loss %.4f%s (%.1f s)", snap["step"],
+                          float(np.nanmean(results["loss"][k])),
+                          "" if em is None else f", exact match {np.nanmean(em):.3f}", time.perf_counter() - t0)
             if cfg.delete_after:  # only now that its result is committed
                 delete_weights(path)
         with h5py.File(task.output(f"losses-{task.index:05d}.h5"), "w") as f:
@@ -232,4 +266,6 @@ class Evaluate(Stage):
             f.create_dataset("ids", data=[r["id"] for r in test], dtype=STR)
             f.create_dataset("task", data=[r["task"] for r in test], dtype=STR)
             f.create_dataset("generalist", data=np.asarray([bool(r["generalist"]) for r in test]))
+            f.create_dataset("seen", data=np.asarray([r["task"] in train_tasks for r in test], dtype=bool))
+            f.create_dataset("source", data=[r["source"] or "" for r in test], dtype=STR)
             f.attrs.update({"snapshots": len(mine), "block": task.index, "blocks": task.size})
