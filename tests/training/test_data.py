@@ -91,3 +91,14 @@ def test_batch_sizes_must_divide():
     assert batch_sizes(16, 4, 2) == 2
     with pytest.raises(ConfigError, match="global batch 16 is not a multiple of micro batch 3 x 2"):
         batch_sizes(16, 3, 2)
+
+
+def test_a_fixed_number_of_steps_cycles_through_the_order():
+    """``train.steps``: the same compute whatever the training set's size; the order is gone
+    through again from its start (a partial last batch is still dropped, each time)."""
+    order = np.arange(10)
+    feed = Feed(order, micro_batch=2, accumulation=2, world_size=1, max_steps=5)  # 2 whole steps per pass
+    assert feed.steps == 5
+    seen = [feed.step_items(s).tolist() for s in range(feed.steps)]
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
+    assert Feed(order, micro_batch=2, accumulation=2, world_size=1, max_steps=1).steps == 1

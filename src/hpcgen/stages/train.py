@@ -5,6 +5,10 @@ One array task per run. On a cluster it is ONE job of ``resources.nodes`` x
 from Slurm through submitit. Outputs: ``metrics.jsonl``, ``snapshots.json`` (the evaluation
 snapshots in the work directory, with their sizes) and ``summary.json``; see
 hpcgen.training.loop for the files it keeps while it runs.
+
+``train.lora`` trains LoRA adapters (PEFT) on the pretrained ``train.model`` instead of all its
+weights; that run's snapshots are the adapters alone, and hpcgen.training.snapshot.load_snapshot
+loads either kind as a plain model.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from hpcgen.config.schema import Resources, SafeStr, StageConfig
+from hpcgen.config.schema import Model, Resources, SafeStr, StageConfig
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Estimate, Stage, Task
 
@@ -39,6 +43,24 @@ PRESETS: dict[str, dict[str, Any]] = {
              "deepspeed": "zero0"},  # one process: ZeRO's partitioning would only add copies
 }
 KNOWN_PARAMETERS = {"meta-llama/Llama-2-7b-hf": 6_738_415_616}
+#: the shapes of hub models whose config.json plan cannot read offline (for the adapter size)
+KNOWN_CONFIGS = {"meta-llama/Llama-2-7b-hf": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                                              "num_hidden_layers": 32, "num_attention_heads": 32,
+                                              "num_key_value_heads": 32, "vocab_size": 32000}}
+
+
+class LoraSettings(Model):
+    """train.lora: LoRA adapters (PEFT) on the pretrained train.model instead of full fine-tuning.
+    The base weights stay frozen; the update of each targeted linear layer W is alpha / r x B A
+    (A: r x in, B: out x r, B starting at zero), and snapshots hold these adapters only."""
+
+    r: int = Field(8, ge=1, description="the adapters' rank")
+    alpha: int = Field(16, ge=1, description="LoRA alpha: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[SafeStr] | None = Field(
+        None, min_length=1, description="names of the linear layers to adapt (q_proj, v_proj, ...); None: PEFT's "
+        "default for the architecture (q_proj and v_proj for Llama)")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="biases that train too")
 
 
 class TrainConfig(StageConfig):
@@ -54,6 +76,9 @@ class TrainConfig(StageConfig):
     vocab_size: int = Field(4096, ge=64)
     max_length: int = Field(512, ge=1)
     epochs: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1, description="train exactly this many steps, going through the arranged "
+                              "order as many times as that takes (overrides epochs): the same compute for "
+                              "training sets of different sizes")
     global_batch: int = Field(16, ge=1)
     micro_batch: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -79,6 +104,7 @@ class TrainConfig(StageConfig):
                                    "the same seed gives under other stages)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass "
                                          "(less memory, about a third more compute)")
+    lora: LoraSettings | None = Field(None, description="LoRA fine-tuning of train.model (None: full fine-tuning)")
     dist_timeout_min: float = Field(60.0, gt=0, description="collective timeout: ranks wait this long at a "
                                     "barrier (a 7B load, rank 0's snapshot write) before failing")
     seed: int = 0
@@ -102,6 +128,20 @@ class TrainConfig(StageConfig):
         return self
 
 
+def model_shape(name: str) -> dict | None:
+    """The config.json of a local model directory, or the known shape of a hub model; None if
+    neither (a hub name plan cannot look up offline)."""
+    from pathlib import Path
+
+    path = Path(name).expanduser() / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+    return KNOWN_CONFIGS.get(name)
+
+
 class Train(Stage):
     name = "train"
     section = "train"
@@ -115,6 +155,9 @@ class Train(Stage):
 
         if cfg.train.model:
             check_model_dir(cfg.train.model, "train.model")
+        elif cfg.train.lora is not None:
+            raise ConfigError("LoRA adapts a pretrained model and train.model is not set", key="train.lora",
+                              fix="set train.model to a local model directory")
         load_deepspeed(cfg.train.deepspeed, cfg.train.deepspeed_overrides)
 
     def check_resources(self, cfg, resources) -> None:
@@ -135,9 +178,18 @@ class Train(Stage):
 
     def estimate(self, cfg, size: int, upstream=None) -> Estimate:
         """Snapshot disk: parameters x bytes per weight x snapshots (steps / save_every, with the
-        records estimate as an upper bound of the training items; unknown: one snapshot)."""
+        records estimate as an upper bound of the training items; unknown: one snapshot). A LoRA
+        run's snapshots are its adapters: r x (in + out) per adapted layer, from the base model's
+        config.json (hpcgen.training.model.lora_parameter_count says how it approximates)."""
         t: TrainConfig = cfg.train
-        if t.model:
+        if t.model and t.lora is not None:
+            from hpcgen.training.model import lora_parameter_count
+
+            shape = model_shape(t.model)
+            if shape is None:
+                return Estimate()
+            params = lora_parameter_count(shape, t.lora)
+        elif t.model:
             params = KNOWN_PARAMETERS.get(t.model)
             if params is None:
                 return Estimate()
@@ -149,7 +201,7 @@ class Train(Stage):
                    if n.estimate.records is not None]
         snapshots = 1
         if records:
-            steps = t.epochs * (max(records) // t.global_batch)
+            steps = t.steps or t.epochs * (max(records) // t.global_batch)
             snapshots = max(1, -(-steps // t.save_every))
         return Estimate(disk_bytes=params * (2 if t.precision == "bf16" else 4) * snapshots)
 

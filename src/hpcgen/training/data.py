@@ -107,6 +107,8 @@ class Feed:
 
     @property
     def steps(self) -> int:
+        if self.max_steps is not None and self.steps_per_epoch:
+            return self.max_steps
         return self.steps_per_epoch * self.epochs
 
     def step_items(self, step: int) -> np.ndarray:
@@ -114,6 +116,7 @@ class Feed:
         return self.order[s * self.global_batch:(s + 1) * self.global_batch]
 
     lengths: np.ndarray | None = None  # tokens per record: group each rank's items by length
+    max_steps: int | None = None  # exactly this many steps, cycling through the order (``train.steps``)
 
     def micro_batches(self, step: int, rank: int) -> list[np.ndarray]:
         items = self.step_items(step)

@@ -6,10 +6,12 @@ Files (in the task's work directory, which survives requeues):
     metrics.jsonl               one line per step: loss, lr, grad_norm, tokens/s, items
     encoded-<max_length>.pkl    the token ids of the training records, written once by rank 0
     consumed-rank<R>.jsonl      the training rows each rank consumed at each step
-    snapshots/step-NNNNNN/      evaluation snapshots: safetensors weights + config + tokenizer,
-                                written under a temporary name, renamed, snapshot.json last
+    snapshots/step-NNNNNN/      evaluation snapshots: safetensors weights + config + tokenizer
+                                (a LoRA run: PEFT's adapter files + tokenizer), written under
+                                a temporary name, renamed, snapshot.json last
     resume/                     DeepSpeed checkpoints (model, optimizer, scheduler) + RNG states,
-                                the last ``keep_resumable`` kept
+                                the last ``keep_resumable`` kept (a LoRA run's without the
+                                frozen base, which a resumed job loads from train.model again)
 """
 
 from __future__ import annotations
@@ -158,28 +160,31 @@ def optimizer_kind(ds_config: dict, device: str) -> str:
 
 
 def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
-    """AdamW, as ``optimizer_kind`` chooses."""
+    """AdamW, as ``optimizer_kind`` chooses, over the parameters that train: all of them in full
+    fine-tuning, the adapters alone with LoRA (frozen weights would otherwise get AdamW state,
+    two fp32 copies of a 7B base model, and weight decay would move them)."""
     import torch
 
+    params = [p for p in model.parameters() if p.requires_grad]
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=getattr(cfg, "adam_eps", 1e-8),
                   weight_decay=cfg.weight_decay)
     kind = optimizer_kind(ds_config, device)
     if kind == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(model.parameters(), adamw_mode=True, **kwargs)
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
     if kind == "fused_adam":
         try:  # pre-built in the GPU image; elsewhere compiled at first use, which needs nvcc
             from deepspeed.ops.adam import FusedAdam
 
-            return FusedAdam(model.parameters(), adam_w_mode=True, **kwargs)
+            return FusedAdam(params, adam_w_mode=True, **kwargs)
         except Exception as exc:  # no pre-built op and no compiler: torch's own fused AdamW
             import logging
 
             logging.getLogger("hpcgen.training").warning("DeepSpeed's FusedAdam is unavailable (%s); using "
                                                          "torch.optim.AdamW(fused=True)", str(exc).splitlines()[0])
-            return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
-    return torch.optim.AdamW(model.parameters(), **kwargs)
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 #: parameters gathered at once when consolidating a ZeRO-3 snapshot (elements; 512 MB in bf16):
@@ -187,10 +192,12 @@ def make_optimizer(model, cfg, ds_config: dict, device: str = "cpu"):
 GATHER_ELEMENTS = int(os.environ.get("HPCGEN_GATHER_ELEMENTS", 1 << 28))
 
 
-def gather_weights(engine, rank: int, group_elements: int | None = None) -> tuple[dict, int]:
+def gather_weights(engine, rank: int, group_elements: int | None = None,
+                   trainable_only: bool = False) -> tuple[dict, int]:
     """The full weights on rank 0's host (pinned memory on a GPU node), parameters gathered group
     by group under ZeRO-3 (and the number of groups); an empty dict on the other ranks, which take
-    part in each gather."""
+    part in each gather. ``trainable_only``: the parameters that train and no buffers (a LoRA
+    run's adapters: the frozen base is never gathered, its copy on disk is the base model)."""
     import deepspeed
     import torch
 
@@ -198,7 +205,7 @@ def gather_weights(engine, rank: int, group_elements: int | None = None) -> tupl
     model = engine.module
     zero3 = engine.zero_optimization_stage() == 3
     pin = torch.cuda.is_available()
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
     groups, group, size = [], [], 0
     for name, p in named:
         n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
@@ -220,7 +227,7 @@ def gather_weights(engine, rank: int, group_elements: int | None = None) -> tupl
                     out[name] = host
     if pin and rank == 0:
         torch.cuda.synchronize()
-    if rank == 0:  # persistent buffers are part of the weights too (rotary caches are not)
+    if rank == 0 and not trainable_only:  # persistent buffers are part of the weights too (rotary caches are not)
         saved = set(model.state_dict())
         for name, buf in model.named_buffers():
             if name in saved and name not in out:
@@ -288,17 +295,28 @@ def save_snapshot(engine, tokenizer, folder: Path, step: int, info: dict, rank: 
     """Consolidated weights (gathered group by group under ZeRO-3) as safetensors, loadable with
     from_pretrained; written by ``writer`` in the background (or here, without one). The previous
     write is finished first (one host copy of the weights at a time), and if it failed every rank
-    stops here, not only rank 0 (the others would wait at their next collective)."""
+    stops here, not only rank 0 (the others would wait at their next collective).
+
+    A LoRA run (a PEFT model) gathers and writes its adapter alone, in PEFT's format (see
+    hpcgen.training.snapshot): megabytes per snapshot instead of the 13.5 GB base model again.
+    hpcgen.training.snapshot.load_snapshot reads either kind."""
+    from hpcgen.training.snapshot import AdapterFiles, is_peft_model
+
     if writer is not None:
         writer.drain(engine, rank)
+    adapter = is_peft_model(engine.module)
     t0 = time.perf_counter()
-    weights, groups = gather_weights(engine, rank)
+    weights, groups = gather_weights(engine, rank, trainable_only=adapter)
     if rank != 0:
         return
     record = {"step": step, **info, "gather_s": round(time.perf_counter() - t0, 3), "gather_groups": groups}
+    saver = engine.module
+    if adapter:  # PEFT's keys and a frozen copy of the adapter config, taken here, not in the writer's thread
+        saver = AdapterFiles(engine.module)
+        weights = saver.state_dict(weights)
     own = writer is None
     writer = writer or SnapshotWriter()
-    writer.write(engine.module, tokenizer, weights, folder, record)
+    writer.write(saver, tokenizer, weights, folder, record)
     if own:
         writer.close()
 
@@ -391,12 +409,15 @@ def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 
     return float(total[0] / total[1]) if float(total[1]) else float("nan")
 
 
-def save_resumable(engine, folder: Path, step: int, keep: int, rank: int) -> None:
+def save_resumable(engine, folder: Path, step: int, keep: int, rank: int, frozen: bool = True) -> None:
+    """DeepSpeed's checkpoint and every rank's RNG states. ``frozen=False`` leaves out the
+    parameters that do not train (a LoRA run's base model: the job loads it again from
+    train.model on resume, so the checkpoint holds only adapters and their optimizer state)."""
     import torch
     import torch.distributed as dist
 
     tag = f"step-{step:06d}"
-    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step})
+    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step}, exclude_frozen_parameters=not frozen)
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                folder / tag / f"rng-rank{rank}.pt")
     if dist.is_initialized():
@@ -413,7 +434,7 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     import torch
     import torch.distributed as dist
 
-    from hpcgen.training.model import build_model
+    from hpcgen.training.model import build_model, parameter_counts
     from hpcgen.training.tokenizer import build_tokenizer
 
     rank, world = task.rank, task.world_size
@@ -468,7 +489,7 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     lengths = (np.asarray([len(x) if x is not None else 0 for x in enc.ids], dtype=np.int64)
                if cfg.length_grouping else None)
     feed = Feed(order=keep, micro_batch=cfg.micro_batch, accumulation=accumulation, world_size=world,
-                epochs=cfg.epochs, lengths=lengths)
+                epochs=cfg.epochs, lengths=lengths, max_steps=getattr(cfg, "steps", None))
     if feed.steps == 0:
         raise ConfigError(f"{len(keep)} training items make no full global batch of {cfg.global_batch}",
                           key="train.global_batch", fix="lower the global batch")
@@ -477,6 +498,10 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     ds_config = deepspeed_config(cfg, cfg.micro_batch, accumulation, world, device)
     model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
                         ds_config)
+    trainable, total = parameter_counts(model)
+    lora = getattr(cfg, "lora", None) is not None
+    task.log.info("parameters: %d trainable of %d (%.4f%%)%s", trainable, total, 100 * trainable / max(1, total),
+                  " (LoRA adapters)" if lora else "")
     optimizer = make_optimizer(model, cfg, ds_config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, feed.steps))
     try:
@@ -491,7 +516,8 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     resume_dir = work / "resume"
     resume_dir.mkdir(exist_ok=True)
     if (resume_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(resume_dir))
+        # a LoRA checkpoint holds no frozen weights: those stay as build_model loaded them
+        _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=not lora)
         start = int(client["step"])
         rng_file = resume_dir / f"step-{start:06d}" / f"rng-rank{rank}.pt"
         if rng_file.is_file():
@@ -577,14 +603,14 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
             # every rank saw the request by this step boundary: the time left goes to the resumable
             # save; a snapshot due now is written first thing after the requeue (below)
             writer.drain(engine, rank)  # snapshots up to here are on disk before the resumable state says so
-            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
+            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
             task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
             preempt.requeue(rank)
         if done % cfg.save_every == 0 or done == feed.steps:
             snapshot(done, float(stats[0]))
         if done % cfg.resume_every == 0 and done < feed.steps:
             writer.drain(engine, rank)  # a resume from here must not miss a snapshot still being written
-            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank)
+            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
     writer.drain(engine, rank)
     preempt.restore()
     if board is not None:
@@ -592,4 +618,5 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     return {"steps": feed.steps, "global_batch": feed.global_batch, "accumulation": accumulation,
             "world_size": world, "too_long": [int(order_rows[i]) for i in enc.too_long],
             "records_too_long": len(enc.too_long), "records_truncated": int(getattr(enc, "truncated", 0)),
-            "dropped_partial_batch": int(len(keep) - feed.steps_per_epoch * feed.global_batch), "device": device}
+            "dropped_partial_batch": int(len(keep) - feed.steps_per_epoch * feed.global_batch), "device": device,
+            "parameters": total, "trainable_parameters": trainable}
