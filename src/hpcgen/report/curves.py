@@ -1,7 +1,9 @@
 """Loss curves of the runs, their summary numbers, and similarity-loss correlations.
 
 A NaN loss (a test record that could not be scored) is counted per step and left out of that
-step's mean; it is never turned into 0.
+step's mean; it is never turned into 0. The same holds for Exact-Match, which is kept apart for
+the test records of unseen instructions (no training records: zero-shot generalization) and of
+seen ones (held-out examples: the gap between the two), overall and per test source.
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ MEASURE_NAMES = {"cosine_min": "Cosine-Min", "cosine_max": "Cosine-Max", "cosine
                  "cosine_centroid": "Cosine-Centroid", "euclidean_min": "Euclidean-Min",
                  "euclidean_max": "Euclidean-Max", "euclidean_avg": "Euclidean-Avg",
                  "euclidean_centroid": "Euclidean-Centroid", "bigram_kl": "bigram KL"}
+
+
+DEFAULT_SOURCE = "all"  # the source of records in files without /source (or with an empty label)
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """The final Exact-Match of one instruction of one test source."""
+
+    source: str
+    task: str
+    seen: bool
+    records: int  # the instruction's test records
+    nan_records: int  # of which not scored at the final snapshot (left out of ``exact_match``)
+    exact_match: float  # NaN where none was scored
 
 
 @dataclass(eq=False)  # compared by identity (its arrays have no truth value)
@@ -46,6 +63,29 @@ class RunCurve:
     measures: dict[str, np.ndarray] = field(default_factory=dict)  # overall test set, (K,)
     measures_per_task: dict[str, np.ndarray] = field(default_factory=dict)  # (K, T)
     train: dict = field(default_factory=dict)  # the train stage's summary.json (may be empty)
+    # Exact-Match per step over the records of unseen / seen instructions (None without /exact_match;
+    # NaN at a step where the group has no record or none was scored)
+    em_unseen: np.ndarray | None = None
+    em_seen: np.ndarray | None = None
+    em_by_source: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # source -> unseen/seen
+    em_final: int | None = None  # index of the last snapshot with any Exact-Match scored
+    em_per_task: list[TaskScore] = field(default_factory=list)  # at ``em_final``, per source and instruction
+    seen_records: int = 0  # test records of seen instructions (in the loss's mean, as every record is)
+
+    @property
+    def em_final_step(self) -> int | None:
+        return int(self.steps[self.em_final]) if self.em_final is not None else None
+
+    def final_em(self, group: str, source: str | None = None) -> float:
+        """Exact-Match of ``group`` ("unseen" or "seen") at the final scored snapshot, over every
+        source or one; NaN where the group has no scored record there (or nothing was scored)."""
+        if self.em_final is None:
+            return float("nan")
+        if source is None:
+            values = self.em_unseen if group == "unseen" else self.em_seen
+        else:
+            values = self.em_by_source.get(source, {}).get(group)
+        return float(values[self.em_final]) if values is not None else float("nan")
 
     @property
     def records_truncated(self) -> int | None:
@@ -79,23 +119,44 @@ class Losses:
     task: np.ndarray  # (n)
     generalist: np.ndarray  # (n)
     metrics: dict[str, np.ndarray]  # (k x n) each, where every file has it
+    seen: np.ndarray | None = None  # bool (n): the record's task has training records
+    source: np.ndarray | None = None  # (n) the label of the test source of each record
+
+    def __post_init__(self) -> None:
+        n = len(self.task)
+        if self.seen is None:  # older files: every test record is of an unseen task
+            self.seen = np.zeros(n, dtype=bool)
+        if self.source is None:
+            self.source = np.full(n, DEFAULT_SOURCE, dtype=object)
+
+
+def _strings(values) -> np.ndarray:
+    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
 def load_losses(files: list[Path]) -> Losses:
+    """The snapshots of every file (each evaluation array task writes one) in step order. The
+    records (task, generalist, seen, source) are the same in every file; the last file's are kept."""
     parts: dict[str, list[np.ndarray]] = {"steps": [], "items_seen": [], "loss": []}
-    task = generalist = None
+    task = generalist = seen = source = None
     for path in files:
         with h5py.File(path, "r") as f:
             for key in ("steps", "items_seen", "loss", *GENERATION_METRICS):
                 if key in f:
                     parts.setdefault(key, []).append(f[key][:])
-            task = np.asarray([t.decode() if isinstance(t, bytes) else t for t in f["task"][:]], dtype=object)
+            task = _strings(f["task"][:])
             generalist = f["generalist"][:]
+            seen = f["seen"][:].astype(bool) if "seen" in f else None
+            if "source" in f:
+                source = _strings(f["source"][:])
+                source[source == ""] = DEFAULT_SOURCE
+            else:
+                source = None
     steps = np.concatenate(parts["steps"])
     order = np.argsort(steps, kind="stable")
     metrics = {m: np.concatenate(parts[m])[order] for m in GENERATION_METRICS if len(parts.get(m, [])) == len(files)}
     return Losses(steps[order], np.concatenate(parts["items_seen"])[order], np.concatenate(parts["loss"])[order],
-                  task, generalist, metrics)
+                  task, generalist, metrics, seen, source)
 
 
 def nanmean_rows(x: np.ndarray) -> np.ndarray:
@@ -142,6 +203,35 @@ def read_arrangement(curve: RunCurve, path: Path) -> None:
                     curve.measures_per_task[name] = m[f"per_task/{name}"][:].astype(np.float64)
 
 
+def _group_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per step, the mean over the records in ``mask`` ignoring NaN (NaN where it holds none)."""
+    return nanmean_rows(x[:, mask]) if mask.any() else np.full(x.shape[0], np.nan)
+
+
+def read_exact_match(curve: RunCurve, ev: Losses) -> None:
+    """Exact-Match per step on unseen and seen instructions, overall and per source, and per
+    instruction at the final snapshot: the last one where any record was scored (a snapshot
+    evaluated without generation has only NaN and is not the result of the run)."""
+    em = ev.metrics["exact_match"].astype(np.float64)
+    seen = ev.seen
+    curve.em_unseen, curve.em_seen = _group_mean(em, ~seen), _group_mean(em, seen)
+    for src in dict.fromkeys(ev.source.tolist()):
+        here = ev.source == src
+        curve.em_by_source[src] = {"unseen": _group_mean(em, here & ~seen), "seen": _group_mean(em, here & seen)}
+    scored = np.flatnonzero(np.isfinite(em).any(axis=1))
+    if not scored.size:
+        return
+    curve.em_final = int(scored[-1])
+    final = em[curve.em_final]
+    groups: dict[tuple[str, str, bool], list[float]] = {}  # one pass: there may be thousands of instructions
+    for src, task, s, v in zip(ev.source.tolist(), ev.task.tolist(), seen.tolist(), final.tolist()):
+        groups.setdefault((src, task, bool(s)), []).append(v)
+    for (src, task, s), values in groups.items():
+        ok = [v for v in values if math.isfinite(v)]
+        curve.em_per_task.append(TaskScore(src, task, s, len(values), len(values) - len(ok),
+                                           float(np.mean(ok)) if ok else float("nan")))
+
+
 def build_curve(run_id: str, meta: dict, loss_files: list[Path], arrangement: Path | None,
                 train_summary: Path | None = None) -> RunCurve:
     ev = load_losses(loss_files)
@@ -149,10 +239,13 @@ def build_curve(run_id: str, meta: dict, loss_files: list[Path], arrangement: Pa
     general = nanmean_rows(loss[:, generalist]) if generalist.any() else np.full(len(ev.steps), np.nan)
     curve = RunCurve(run_id=run_id, name=meta["name"], values=meta.get("values") or {}, steps=ev.steps,
                      items_seen=ev.items_seen, loss=nanmean_rows(loss), generalist=general,
-                     n_nan=np.isnan(loss).sum(axis=1), label=meta.get("label") or None)
+                     n_nan=np.isnan(loss).sum(axis=1), label=meta.get("label") or None,
+                     seen_records=int(ev.seen.sum()))
     for t in dict.fromkeys(ev.task):
         curve.per_task[str(t)] = nanmean_rows(loss[:, ev.task == t])
     curve.metrics = {m: nanmean_rows(v) for m, v in ev.metrics.items()}
+    if "exact_match" in ev.metrics:
+        read_exact_match(curve, ev)
     if arrangement is not None and arrangement.is_file():
         read_arrangement(curve, arrangement)
     if train_summary is not None and train_summary.is_file():
@@ -201,7 +294,8 @@ class Setting:
         """The setting's name, with the seed axes of this run when the setting has several."""
         if self.seeds == 1:
             return self.name
-        seeds = ",".join(f"{_short(k)}={v}" for k, v in curve.values.items() if "seed" in k)
+        # zipped seeds (data.sources.0.seed with train.seed) often agree: name each pair once
+        seeds = ",".join(dict.fromkeys(f"{_short(k)}={v}" for k, v in curve.values.items() if "seed" in k))
         return f"{self.name} ({seeds or curve.name})"
 
 
@@ -242,19 +336,21 @@ def stack_at(curves: list[RunCurve], steps: np.ndarray, values=lambda c: c.loss)
                      for c in curves]) if len(steps) else np.zeros((len(curves), 0))
 
 
-def band(curves: list[RunCurve], values=lambda c: c.loss):
+def band(curves: list[RunCurve], values=lambda c: c.loss, x=lambda c: c.steps):
     """Steps common to the runs (all their steps where they share none); the mean over the runs
     and the lowest and highest run (the seed spread) at each, ignoring NaN. ``values(curve)`` is
-    a per-snapshot array, or None for a run that lacks it."""
-    steps = common_steps(curves)
+    a per-snapshot array, or None for a run that lacks it; ``x(curve)`` the per-snapshot position
+    (``items_seen`` puts runs of different batch sizes on one axis)."""
+    xs = [np.asarray(x(c)) for c in curves]
+    steps = np.asarray(sorted(set.intersection(*(set(v.tolist()) for v in xs)))) if xs else np.zeros(0)
     if not len(steps):
-        steps = np.asarray(sorted(set().union(*(c.steps.tolist() for c in curves))))
+        steps = np.asarray(sorted(set().union(*(v.tolist() for v in xs))))
     stack = np.full((len(curves), len(steps)), np.nan)
     for i, c in enumerate(curves):
         v = values(c)
         if v is None:
             continue
-        pos = {s: j for j, s in enumerate(c.steps.tolist())}
+        pos = {s: j for j, s in enumerate(xs[i].tolist())}
         for j, s in enumerate(steps.tolist()):
             if s in pos:
                 stack[i, j] = v[pos[s]]
@@ -312,6 +408,18 @@ def summary(curve: RunCurve, at_steps: list[int], early_fraction: float = 0.3, u
     early = y[s <= until]
     row["early_mean"] = float(early.mean()) if early.size else float("nan")
     return row
+
+
+def seed_range(values: list[float]) -> dict:
+    """Mean, lowest and highest of seed values, ignoring NaN (None where none is finite), and the
+    values themselves (None for a seed without one): JSON as it stands."""
+    ok = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {"mean": float(np.mean(ok)) if ok else None, "min": min(ok) if ok else None,
+            "max": max(ok) if ok else None, "seeds": [finite_or_none(v) for v in values]}
+
+
+def finite_or_none(v) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def _mean(xs) -> float:

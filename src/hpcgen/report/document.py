@@ -4,7 +4,10 @@ It speaks the language of the data-arrangement paper: runs are grouped into sett
 matrix label ("RT", "NFT", "TMA-FFT" ...; seeds of one label are one setting with a spread),
 the headline is each setting's mean test loss over the first ``early_fraction`` of the steps
 against the baseline's (zero-shot generalization happens early), and each figure carries a
-caption saying what it shows and, where given, what the paper found.
+caption saying what it shows and, where given, what the paper found. Where Exact-Match was
+scored (the instruction diversity study), each run and setting also gets its final Exact-Match on
+unseen instructions apart from held-out examples of seen ones, per test source, and every
+instruction's is written to exact_match_per_instruction.csv.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from hpcgen.report.curves import (
     Setting,
     correlation,
     early_end,
+    finite_or_none,
     group_settings,
     measure_correlations,
     sd_at_snapshots,
+    seed_range,
     seed_stats,
     summary,
 )
@@ -143,15 +148,19 @@ def _draw_figures(specs: list[dict], view: plots.View, folder: Path,
         while stem in stems:
             stem, n = f"{kind.stem}{'_' + _slug(task) if task else ''}_{n}", n + 1
         finding = spec["finding"] if "finding" in spec else kind.finding
-        caption = kind.caption.format(
-            baseline=f"the baseline {base} is black and dashed;" if base else "",
-            early=_pct(early_fraction)).replace("  ", " ")
-        if task:
-            caption += f" Unseen task: {task}."
-        if finding:
-            caption += f" Paper: {finding}"
         try:
-            paths = kind.draw(view, folder, stem, title, task)
+            why = kind.default_skip(view) if spec.get("auto") == "data" and kind.default_skip else None
+            if why:
+                raise plots.NoData(why)
+            options = kind.options(view, spec) if kind.options is not None else {}
+            caption = kind.caption.format(
+                baseline=f"the baseline {base} is black and dashed;" if base else "",
+                early=_pct(early_fraction), **options).replace("  ", " ")
+            if task:
+                caption += f" Unseen task: {task}."
+            if finding:
+                caption += f" Paper: {finding}"
+            paths = kind.draw(view, folder, stem, title, task, **options)
         except plots.NoData as e:
             skipped.append({"kind": spec["kind"], "title": title, "reason": str(e),
                             "noted": spec.get("auto", True) is True})
@@ -190,6 +199,92 @@ def provenance_items(p: dict | None, n_curves: int) -> tuple[list[tuple[str, str
 
 
 # --------------------------------------------------------------------------------------------
+# Exact-Match on unseen and seen instructions
+
+
+def exact_match_row(c: RunCurve) -> dict:
+    """A run's final Exact-Match (the last snapshot where any record was scored) on unseen and on
+    seen instructions, overall and per test source; null where not computed (no /exact_match, no
+    record of the group, or none scored)."""
+    tasks = c.em_per_task
+    return {
+        "final_exact_match_unseen": finite_or_none(c.final_em("unseen")),
+        "final_exact_match_seen": finite_or_none(c.final_em("seen")),
+        "final_exact_match_by_source": {src: {g: finite_or_none(c.final_em(g, src)) for g in ("unseen", "seen")}
+                                        for src in c.em_by_source},
+        "final_exact_match_step": c.em_final_step,
+        "unseen_test_instructions": len({t.task for t in tasks if not t.seen}) if c.em_final is not None else None,
+        "seen_test_instructions": len({t.task for t in tasks if t.seen}) if c.em_final is not None else None,
+    }
+
+
+def shared_values(s: Setting) -> dict:
+    """The non-seed matrix values all runs of a setting share (what the setting is, as numbers)."""
+    first = s.runs[0].values
+    return {k: v for k, v in first.items()
+            if not plots.is_seed_axis(k) and all(c.values.get(k, object()) == v for c in s.runs)}
+
+
+def exact_match_setting(s: Setting) -> dict:
+    """Per setting: the mean, lowest and highest seed of the final Exact-Match on unseen and on seen
+    instructions, overall and per test source (see ``seed_range``)."""
+    sources = list(dict.fromkeys(src for c in s.runs for src in c.em_by_source))
+    return {
+        "final_exact_match_unseen": seed_range([c.final_em("unseen") for c in s.runs]),
+        "final_exact_match_seen": seed_range([c.final_em("seen") for c in s.runs]),
+        "final_exact_match_by_source": {src: {g: seed_range([c.final_em(g, src) for c in s.runs])
+                                              for g in ("unseen", "seen")} for src in sources},
+    }
+
+
+def _range_text(r: dict, seeds: int) -> str | None:
+    if seeds < 2 or r["min"] is None:
+        return None
+    return f"{r['min']:.4f} – {r['max']:.4f}"
+
+
+def _exact_match_tables(settings: list[Setting], stats: dict) -> list[tuple[str, Table]]:
+    """Per setting with Exact-Match: final unseen and seen EM, mean over seeds and their range; and,
+    where there are several test sources, the unseen EM of each."""
+    scored = [s for s in settings if any(c.em_final is not None for c in s.runs)]
+    if not scored:
+        return []
+    rows = []
+    for s in scored:
+        u, v = stats[s.name]["final_exact_match_unseen"], stats[s.name]["final_exact_match_seen"]
+        gap = v["mean"] - u["mean"] if u["mean"] is not None and v["mean"] is not None else None
+        rows.append([s.legend, s.seeds, u["mean"], _range_text(u, s.seeds), v["mean"], _range_text(v, s.seeds), gap])
+    out = [("Exact-Match of the greedy answers at the last scored snapshot, on the unseen instructions (no "
+            "training records) and on held-out examples of the seen instructions: the mean over seeds and the "
+            "lowest – highest seed. Gap: seen minus unseen.",
+            Table(["setting", "seeds", "unseen EM", "unseen EM, seed range", "seen EM", "seen EM, seed range",
+                   "gap (seen − unseen)"], rows))]
+    sources = plots.unseen_sources([c for s in scored for c in s.runs])
+    if len(sources) > 1:
+        by_source = []
+        for s in scored:
+            per = stats[s.name]["final_exact_match_by_source"]
+            by_source.append([s.legend, s.seeds, *(per[src]["unseen"]["mean"] if src in per else None
+                                                   for src in sources)])
+        out.append(("Exact-Match on the unseen instructions of each test source at the last scored snapshot, mean "
+                    "over seeds.", Table(["setting", "seeds", *sources], by_source)))
+    return out
+
+
+def _write_task_scores(curves: list[RunCurve], setting_of: dict[str, Setting], folder: Path) -> None:
+    """exact_match_per_instruction.csv: per run, test source and instruction, its final Exact-Match
+    over its scored records (``records`` test records, ``nan_records`` of them not scored)."""
+    with open(folder / "exact_match_per_instruction.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run", "label", "source", "instruction", "seen", "records", "final_exact_match", "run_id",
+                    "setting", "nan_records", "step"])
+        for c in curves:
+            for t in c.em_per_task:
+                w.writerow([c.name, c.label or "", t.source, t.task, t.seen, t.records, t.exact_match, c.run_id,
+                            setting_of[c.run_id].name, t.nan_records, c.em_final_step])
+
+
+# --------------------------------------------------------------------------------------------
 # The report
 
 
@@ -199,7 +294,8 @@ def write_report(curves: list[RunCurve], folder: Path, title: str, at_steps: lis
     """Every output of the aggregate stage into ``folder`` (which exists); returns the summary.
 
     ``figures``: dicts with ``kind`` and optional ``title``, ``finding`` (absent: the kind's own;
-    None: none) and ``task``; None draws the default set."""
+    None: none), ``task``, ``axis`` and ``y_axis`` (matrix key paths; absent: the axes the runs
+    vary); None draws the default set."""
     if not curves:
         raise ValueError("no run has evaluated snapshots yet")
     notes: list[str] = []
@@ -221,14 +317,17 @@ def write_report(curves: list[RunCurve], folder: Path, title: str, at_steps: lis
             row["pearson_sd_loss"], row["spearman_sd_loss"] = correlation(sd_at_snapshots(c), c.loss)
             for metric, values in c.metrics.items():
                 row[f"final_{metric}"] = float(values[-1])
+            row.setdefault("values", c.values)
+            row.update(exact_match_row(c))
             rows.append(row)
     by_id = {r["run_id"]: r for r in rows}
 
     # settings and the baseline
     stats = {s.name: {"setting": s.name, "label": s.label, "legend": s.legend, "seeds": s.seeds,
-                      "runs": [c.run_id for c in s.runs],
+                      "runs": [c.run_id for c in s.runs], "values": shared_values(s),
                       "early_means": [by_id[c.run_id]["early_mean"] for c in s.runs],
-                      **seed_stats([by_id[c.run_id]["early_mean"] for c in s.runs])} for s in settings}
+                      **seed_stats([by_id[c.run_id]["early_mean"] for c in s.runs]),
+                      **exact_match_setting(s)} for s in settings}
     baselines = find_baseline(settings, baseline)
     result: dict = {"title": title, "runs": rows, "settings": list(stats.values()), "at_steps": at_steps,
                     "early": {"fraction": early_fraction, "until_step": until, "horizon": horizon}}
@@ -283,19 +382,27 @@ def write_report(curves: list[RunCurve], folder: Path, title: str, at_steps: lis
     if provenance is not None:
         result["provenance"] = provenance
 
+    if any(c.seen_records for c in curves):
+        notes.append("The test sets hold held-out examples of seen instructions: the loss and the generation "
+                     "metrics average over every test record; the Exact-Match table and the accuracy figures "
+                     "keep unseen and seen instructions apart.")
+
     _write_curves(curves, setting_of, folder)
+    if any(c.em_final is not None for c in curves):
+        _write_task_scores(curves, setting_of, folder)
 
     # tables
     run_table = _run_table(rows, at_steps, baseline if baselines else None, pct, curves)
     head_table = _headline_table(settings, stats, result.get("early_vs_baseline"), baseline, pct)
     corr_tables = _correlation_tables(curves, setting_of, corr)
+    em_tables = _exact_match_tables(settings, stats)
     prov, matrix = provenance_items(provenance, len(curves))
     headline_text = _headline_text(result, until, horizon, pct)
 
-    _write_markdown(folder, title, prov, matrix, provenance, notes, headline_text, head_table, drawn, corr_tables,
-                    run_table, curves, setting_of)
-    _write_html(folder, title, prov, matrix, provenance, notes, headline_text, head_table, drawn, corr_tables,
-                run_table, curves, setting_of)
+    _write_markdown(folder, title, prov, matrix, provenance, notes, headline_text, head_table, em_tables, drawn,
+                    corr_tables, run_table, curves, setting_of)
+    _write_html(folder, title, prov, matrix, provenance, notes, headline_text, head_table, em_tables, drawn,
+                corr_tables, run_table, curves, setting_of)
     (folder / "summary.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     return result
 
@@ -305,12 +412,13 @@ def _write_curves(curves: list[RunCurve], setting_of: dict[str, Setting], folder
     with open(folder / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["setting", "label", "run", "run_id", "step", "items_seen", "loss", "generalist_loss",
-                    "nan_records"])
+                    "nan_records", "exact_match_unseen", "exact_match_seen"])
         for c in curves:
             s = setting_of[c.run_id]
             for i, step in enumerate(c.steps):
+                em = ["" if v is None else v[i] for v in (c.em_unseen, c.em_seen)]
                 w.writerow([s.name, c.label or "", c.name, c.run_id, int(step), int(c.items_seen[i]), c.loss[i],
-                            c.generalist[i], int(c.n_nan[i])])
+                            c.generalist[i], int(c.n_nan[i]), *em])
     with h5py.File(folder / "curves.h5", "w") as f:
         for c in curves:
             g = f.create_group(c.run_id)
@@ -325,6 +433,9 @@ def _write_curves(curves: list[RunCurve], setting_of: dict[str, Setting], folder
                 t.create_dataset(task.replace("/", "_"), data=values)
             if c.sd is not None:
                 g.create_dataset("sd_curve", data=c.sd)
+            for key in ("em_unseen", "em_seen"):
+                if getattr(c, key) is not None:
+                    g.create_dataset(key, data=getattr(c, key))
 
 
 def _run_table(rows: list[dict], at_steps: list[int], baseline: str | None, pct: str, curves) -> Table:
@@ -400,12 +511,15 @@ def _correlation_tables(curves, setting_of, corr) -> list[tuple[str, Table]]:
     return out
 
 
+EM_SECTION = "## Exact-Match on unseen and seen instructions"
+
+
 def _run_line(c: RunCurve, s: Setting) -> tuple[str, str, str]:
     return c.run_id, s.run_name(c), json.dumps(c.values, default=str)
 
 
-def _write_markdown(folder, title, prov, matrix, provenance, notes, headline, head_table, drawn, corr_tables,
-                    run_table, curves, setting_of) -> None:
+def _write_markdown(folder, title, prov, matrix, provenance, notes, headline, head_table, em_tables, drawn,
+                    corr_tables, run_table, curves, setting_of) -> None:
     md = [f"# {title}", "", "## Provenance", ""]
     if provenance is None:
         md += ["Provenance: not recorded (these outputs predate it).", ""]
@@ -422,6 +536,10 @@ def _write_markdown(folder, title, prov, matrix, provenance, notes, headline, he
     md += ["", "## Headline: early test loss", "", headline, ""]
     if head_table is not None:
         md += head_table.markdown()
+    if em_tables:
+        md += ["", EM_SECTION, ""]
+        for text, table in em_tables:
+            md += [text, ""] + table.markdown() + [""]
     md += ["", "## Figures", ""]
     for f in drawn:
         md += [f"### {f['title']}", "", f"![{f['title']}]({f['paths'][0].name})", "", f"*{f['caption']}*", ""]
@@ -459,8 +577,8 @@ CSS = (
 )
 
 
-def _write_html(folder, title, prov, matrix, provenance, notes, headline, head_table, drawn, corr_tables,
-                run_table, curves, setting_of) -> None:
+def _write_html(folder, title, prov, matrix, provenance, notes, headline, head_table, em_tables, drawn,
+                corr_tables, run_table, curves, setting_of) -> None:
     e = html.escape
     parts = [f"<h1>{e(title)}</h1>", "<h2>Provenance</h2>"]
     if provenance is None:
@@ -479,6 +597,10 @@ def _write_html(folder, title, prov, matrix, provenance, notes, headline, head_t
     parts += ["<h2>Headline: early test loss</h2>", f"<p class='headline'>{e(headline)}</p>"]
     if head_table is not None:
         parts.append(head_table.html())
+    if em_tables:
+        parts.append(f"<h2>{e(EM_SECTION[3:])}</h2>")
+        for text, table in em_tables:
+            parts += [f"<p class='muted'>{e(text)}</p>", table.html()]
     parts.append("<h2>Figures</h2>")
     for f in drawn:
         data = base64.b64encode(f["paths"][0].read_bytes()).decode()

@@ -1,13 +1,17 @@
 """The figures, each written as PNG and SVG (matplotlib, no display needed).
 
-Every figure kind is a function ``(view, folder, stem, title, task) -> [png, svg]`` registered in
-``KINDS`` with its file name, default title, a one-line caption (what it shows, with the
-paper's axes) and, for the kinds that redo one of the paper's figures, what the paper found. A
-kind whose data is absent raises ``NoData`` with the reason; the report notes it and goes on.
+Every figure kind is a function ``(view, folder, stem, title, task, **options) -> [png, svg]``
+registered in ``KINDS`` with its file name, default title, a one-line caption (what it shows, with
+the paper's axes) and, for the kinds that redo one of the paper's figures, what the paper found. A
+kind whose data is absent raises ``NoData`` with the reason; the report notes it and goes on. A
+kind drawn against matrix axes resolves them first (``Kind.options``: the figure's ``axis`` and
+``y_axis``, or the one the runs vary), so that its caption can name them.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,9 @@ from hpcgen.report.curves import (  # noqa: E402
     measure_at_snapshots,
     sd_at_snapshots,
 )
+
+EM_AXIS = "Exact-Match (greedy answers)"
+ITEMS_AXIS = "training items seen"
 
 METRIC_NAMES = {"exact_match": "Exact-Match", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "reward": "RM score"}
 LOSS_AXIS = "averaged test loss (unseen tasks)"
@@ -332,24 +339,95 @@ def generation_metrics(view: View, folder: Path, stem: str, title: str, task: st
     return _save(fig, folder, stem)
 
 
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_seed_axis(path: str) -> bool:
+    """Axes named like *seed* (``train.seed``, ``data.sources.0.seed``) repeat a setting; they are
+    never the x axis, and their runs are one setting's seeds (see ``group_settings``)."""
+    return "seed" in path
+
+
+def varying_axes(curves: list[RunCurve], numeric: bool = True) -> list[str]:
+    """The non-seed matrix axes, in matrix order, with more than one value over the runs (and, with
+    ``numeric``, a number in every run)."""
+    order = list(dict.fromkeys(k for c in curves for k in c.values if not is_seed_axis(k)))
+    out = []
+    for a in order:
+        if numeric and not all(_numeric(c.values.get(a)) for c in curves):
+            continue
+        if len({json.dumps(c.values.get(a), sort_keys=True, default=str) for c in curves}) > 1:
+            out.append(a)
+    return out
+
+
 def varying_numeric_axis(curves: list[RunCurve]) -> str | None:
     """The one numeric, non-seed matrix axis whose value varies over the runs, if exactly one."""
-    def numeric(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    axes = {k for c in curves for k, v in c.values.items() if numeric(v) and "seed" not in k}
-    varying = [a for a in axes if all(numeric(c.values.get(a)) for c in curves)
-               and len({c.values[a] for c in curves}) > 1]
+    varying = varying_axes(curves)
     return varying[0] if len(varying) == 1 else None
 
 
-def final_vs_axis(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
-    """The last snapshot's loss (and Exact-Match, when scored) against the one numeric matrix axis
-    the runs vary, e.g. the number of training instructions of the diversity study."""
+def _known_axes(curves: list[RunCurve]) -> str:
+    axes = list(dict.fromkeys(k for c in curves for k in c.values))
+    return ", ".join(axes) if axes else "none: the runs have no matrix values"
+
+
+def _check_axis(curves: list[RunCurve], axis: str) -> None:
+    if not any(axis in c.values for c in curves):
+        raise NoData(f"no run has the matrix axis {axis!r} (axes: {_known_axes(curves)})")
+
+
+def axis_option(view: View, spec: dict) -> dict:
+    """The figure's ``axis``, or the one numeric non-seed axis the runs vary."""
     curves = view.curves
+    axis = spec.get("axis")
+    if axis:
+        _check_axis(curves, axis)
+        return {"axis": axis}
     axis = varying_numeric_axis(curves)
     if axis is None:
-        raise NoData("the runs vary no single numeric matrix axis")
+        numeric = varying_axes(curves)
+        why = (f"several numeric axes vary ({', '.join(numeric)})" if numeric else
+               "no numeric matrix axis other than seeds varies over the runs")
+        raise NoData(f"{why}: set the figure's axis (axes: {_known_axes(curves)})")
+    return {"axis": axis}
+
+
+def grid_options(view: View, spec: dict) -> dict:
+    """``axis`` and ``y_axis`` of a heat map: as given; else the other numeric axis the runs vary
+    beside the given one; else the two numeric non-seed axes they vary, in matrix order."""
+    curves = view.curves
+    axis, y_axis = spec.get("axis"), spec.get("y_axis")
+    for a in (axis, y_axis):
+        if a:
+            _check_axis(curves, a)
+    if axis and y_axis:
+        if axis == y_axis:
+            raise NoData(f"axis and y_axis are both {axis!r}")
+        return {"axis": axis, "y_axis": y_axis}
+    free = [a for a in varying_axes(curves) if a not in (axis, y_axis)]
+    need = 1 if axis or y_axis else 2
+    if len(free) != need:
+        have = ", ".join(free) or "none"
+        raise NoData(f"a heat map needs {'another' if need == 1 else 'two'} numeric matrix "
+                     f"ax{'i' if need == 1 else 'e'}s varied besides seeds (varied: {have}): set the figure's axis "
+                     f"and y_axis (axes: {_known_axes(curves)})")
+    if axis:
+        return {"axis": axis, "y_axis": free[0]}
+    if y_axis:
+        return {"axis": free[0], "y_axis": y_axis}
+    return {"axis": free[0], "y_axis": free[1]}
+
+
+def final_vs_axis(view: View, folder: Path, stem: str, title: str, task: str | None = None,
+                  axis: str | None = None) -> list[Path]:
+    """The last snapshot's loss (and Exact-Match, when scored) against a numeric matrix axis (by
+    default the one the runs vary), e.g. the number of training instructions of the diversity study."""
+    axis = axis or axis_option(view, {})["axis"]
+    curves = [c for c in view.curves if _numeric(c.values.get(axis))]
+    if not curves:
+        raise NoData(f"no run has a number for the matrix axis {axis!r}")
     _check_task(view, task)
     values = _task_values(task)
 
@@ -363,8 +441,8 @@ def final_vs_axis(view: View, folder: Path, stem: str, title: str, task: str | N
     left.plot(xs, loss, marker="o", label="test loss")
     left.set_xlabel(axis)
     left.set_ylabel("test loss at the last snapshot")
-    if all("exact_match" in c.metrics for c in curves):
-        em = [np.mean([last(c.metrics["exact_match"]) for c in curves if float(c.values[axis]) == x]) for x in xs]
+    if all(c.em_unseen is not None for c in curves):  # the records of unseen tasks only, as the label says
+        em = [_finite_mean([c.final_em("unseen") for c in curves if float(c.values[axis]) == x]) for x in xs]
         right = left.twinx()
         right.plot(xs, em, marker="s", color="C1", label="exact match")
         right.set_ylabel("Exact-Match on unseen tasks")
@@ -372,6 +450,252 @@ def final_vs_axis(view: View, folder: Path, stem: str, title: str, task: str | N
         left.set_xscale("log")
     left.set_title(title)
     left.grid(alpha=0.3)
+    return _save(fig, folder, stem)
+
+# --------------------------------------------------------------------------------------------
+# Exact-Match on unseen and seen instructions (the instruction diversity study)
+
+
+def _finite_mean(xs) -> float:
+    ok = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(ok)) if ok else float("nan")
+
+
+def _em_curves(view: View) -> list[RunCurve]:
+    curves = [c for c in view.curves if c.em_final is not None]
+    if not curves:
+        raise NoData("no Exact-Match was scored (/exact_match: eval.generate or eval.forced_exact_match)")
+    return curves
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if _numeric(v) else str(v)
+
+
+def _positions(curves: list[RunCurve], axis: str) -> tuple[list, dict[str, float], bool]:
+    """The axis values in order (sorted numbers, else first seen), each one's x position, and
+    whether the axis is numeric (then the position is the value itself)."""
+    values = [c.values.get(axis) for c in curves]
+    keys = {json.dumps(v, sort_keys=True, default=str): v for v in values}
+    numeric = all(_numeric(v) for v in values)
+    order = sorted(keys.values()) if numeric else list(keys.values())
+    pos = {json.dumps(v, sort_keys=True, default=str): (float(v) if numeric else float(i)) for i, v in enumerate(order)}
+    return order, pos, numeric
+
+
+def _log_x(values: list) -> bool:
+    """A log axis where the (positive) numbers span ten times or more: 10 ... 3000 instructions."""
+    return bool(values) and all(_numeric(v) for v in values) and min(values) > 0 and max(values) / min(values) >= 10
+
+
+def series(curves: list[RunCurve], drawn: tuple[str, ...]) -> list[tuple[str, list[RunCurve]]]:
+    """The runs split by every non-seed axis that varies beside the ``drawn`` ones (one line or
+    panel each), in run order. A part is named by the label all its runs share where each part has
+    its own, else by its values of those axes; "" when there is one part."""
+    others = [a for a in varying_axes(curves, numeric=False) if a not in drawn]
+    parts: dict[str, list[RunCurve]] = {}
+    for c in curves:
+        key = ", ".join(f"{a.rsplit('.', 1)[-1]}={_fmt_value(c.values.get(a))}" for a in others)
+        parts.setdefault(key, []).append(c)
+    labels = {k: {c.label for c in runs} for k, runs in parts.items()}
+    own = all(len(v) == 1 and None not in v for v in labels.values()) and \
+        len({next(iter(v)) for v in labels.values()}) == len(parts)
+    return [(next(iter(labels[k])) if own and len(parts) > 1 else k, runs) for k, runs in parts.items()]
+
+
+def _cell(runs: list[RunCurve], group: str, source: str | None = None) -> tuple[float, list[float]]:
+    """The mean over seeds of the final Exact-Match of ``group``, and each seed's value."""
+    values = [c.final_em(group, source) for c in runs]
+    return _finite_mean(values), values
+
+
+def _axis_points(ax, curves: list[RunCurve], axis: str, group: str, color: str, label: str | None,
+                 pos: dict[str, float]) -> bool:
+    """Each seed's final Exact-Match as a point, the mean over seeds at each axis value as a line."""
+    by_x: dict[float, list[float]] = {}
+    for c in curves:
+        by_x.setdefault(pos[json.dumps(c.values.get(axis), sort_keys=True, default=str)], []).append(
+            c.final_em(group))
+    xs = sorted(by_x)
+    means = [_finite_mean(by_x[x]) for x in xs]
+    if not any(math.isfinite(m) for m in means):
+        return False
+    px = [x for x in xs for v in by_x[x] if math.isfinite(v)]
+    py = [v for x in xs for v in by_x[x] if math.isfinite(v)]
+    ax.scatter(px, py, s=18, color=color, alpha=0.55, zorder=4, linewidths=0)
+    keep = [(x, m) for x, m in zip(xs, means) if math.isfinite(m)]
+    ax.plot([x for x, _ in keep], [m for _, m in keep], marker="o", markersize=4, color=color, label=label,
+            zorder=5)
+    return True
+
+
+def accuracy(view: View, folder: Path, stem: str, title: str, task: str | None = None,
+             axis: str | None = None) -> list[Path]:
+    """Final Exact-Match on unseen instructions against a matrix axis (e.g. the number of training
+    instructions), and on held-out examples of seen instructions beside it: each seed a point, the
+    mean over seeds a line (one line per value of any other axis that varies)."""
+    axis = axis or axis_option(view, {})["axis"]
+    curves = [c for c in _em_curves(view) if axis in c.values]
+    if not curves:
+        raise NoData(f"no run with Exact-Match has the matrix axis {axis!r}")
+    order, pos, numeric = _positions(curves, axis)
+    with_seen = any(math.isfinite(c.final_em("seen")) for c in curves)
+    groups = [("unseen", "unseen instructions")] + ([("seen", "seen instructions (held-out examples)")]
+                                                    if with_seen else [])
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups) + 1.5, 4.2), squeeze=False, sharey=True,
+                             layout="constrained")
+    parts = series(curves, (axis,))
+    for ax, (group, name) in zip(axes.flat, groups):
+        for i, (part, runs) in enumerate(parts):
+            _axis_points(ax, runs, axis, group, f"C{i % 10}", part or "mean over seeds", pos)
+        ax.set_title(f"Exact-Match on {name}", fontsize=10)
+        ax.set_xlabel(axis)
+        if numeric and _log_x(order):
+            ax.set_xscale("log")
+        if numeric:
+            ax.set_xticks([float(v) for v in order], [_fmt_value(v) for v in order], fontsize=8)
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(list(range(len(order))), [_fmt_value(v) for v in order], fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel(f"{EM_AXIS}, last scored snapshot")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
+
+
+def accuracy_curves(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Exact-Match on unseen (solid) and seen (dashed) instructions against the items seen, one
+    colour per setting, the mean over its seeds (the unseen line with its min–max band, for up to
+    four settings)."""
+    with_em = {id(c) for c in _em_curves(view)}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    seen_drawn = False
+    drawn = [(s, [c for c in s.runs if id(c) in with_em]) for s in view.settings]
+    drawn = [(s, runs) for s, runs in drawn if runs]
+    shade = len(drawn) <= 4  # more bands hide one another (a log grid of six instruction counts)
+    for s, runs in drawn:
+        color = view.style(s)["color"]
+        for group, style in (("unseen", "-"), ("seen", "--")):
+            x, mean, lo, hi = band(runs, lambda c, g=group: c.em_unseen if g == "unseen" else c.em_seen,
+                                   x=lambda c: c.items_seen)
+            ok = np.isfinite(mean)
+            if not ok.any():
+                continue
+            ax.plot(x[ok], mean[ok], linestyle=style, marker="o" if group == "unseen" else None, markersize=3,
+                    color=color, label=view.legend(s) if group == "unseen" else None)
+            if shade and group == "unseen" and len(runs) > 1:
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.12, linewidth=0)
+            seen_drawn = seen_drawn or group == "seen"
+    ax.plot([], [], color="grey", linestyle="-", label="unseen instructions")
+    if seen_drawn:
+        ax.plot([], [], color="grey", linestyle="--", label="seen instructions (held-out examples)")
+    ax.set_xlabel(ITEMS_AXIS)
+    ax.set_ylabel(EM_AXIS)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, folder, stem)
+
+
+def heatmap(view: View, folder: Path, stem: str, title: str, task: str | None = None, axis: str | None = None,
+            y_axis: str | None = None) -> list[Path]:
+    """The mean over seeds of the final Exact-Match on unseen instructions on the grid of two matrix
+    axes (instructions × examples per instruction), each cell annotated; a panel per value of any
+    other axis that varies."""
+    if axis is None or y_axis is None:
+        opts = grid_options(view, {"axis": axis, "y_axis": y_axis})
+        axis, y_axis = opts["axis"], opts["y_axis"]
+    curves = [c for c in _em_curves(view) if axis in c.values and y_axis in c.values]
+    if not curves:
+        raise NoData(f"no run with Exact-Match has both matrix axes {axis!r} and {y_axis!r}")
+    xs, xpos, _ = _positions(curves, axis)
+    ys, ypos, _ = _positions(curves, y_axis)
+    xi = {k: i for i, k in enumerate(sorted(xpos, key=xpos.get))}
+    yi = {k: i for i, k in enumerate(sorted(ypos, key=ypos.get))}
+    parts = series(curves, (axis, y_axis))[:6]
+    fig, axes = plt.subplots(1, len(parts), figsize=(1.1 * len(xs) * len(parts) + 2.5, 0.8 * len(ys) + 2.2),
+                             squeeze=False, layout="constrained")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    image = None
+    for ax, (part, runs) in zip(axes.flat, parts):
+        cells: dict[tuple[int, int], list[RunCurve]] = {}
+        for c in runs:
+            key = (yi[json.dumps(c.values[y_axis], sort_keys=True, default=str)],
+                   xi[json.dumps(c.values[axis], sort_keys=True, default=str)])
+            cells.setdefault(key, []).append(c)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for (r, k), rs in cells.items():
+            grid[r, k] = _cell(rs, "unseen")[0]
+        image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        for r in range(len(ys)):
+            for k in range(len(xs)):
+                v = grid[r, k]
+                text = f"{v:.2f}" if math.isfinite(v) else "—"
+                ax.text(k, r, text, ha="center", va="center", fontsize=8,
+                        color="white" if math.isfinite(v) and v < 0.5 else "black")
+        ax.set_xticks(range(len(xs)), [_fmt_value(v) for v in xs], fontsize=8)
+        ax.set_yticks(range(len(ys)), [_fmt_value(v) for v in ys], fontsize=8)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(y_axis)
+        if part:
+            ax.set_title(part, fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="Exact-Match on unseen instructions", shrink=0.9)
+    fig.suptitle(title)
+    return _save(fig, folder, stem)
+
+
+def unseen_sources(curves: list[RunCurve]) -> list[str]:
+    """The test sources with records of unseen instructions in some run, in order."""
+    return list(dict.fromkeys(t.source for c in curves for t in c.em_per_task if not t.seen))
+
+
+def one_source(view: View) -> str | None:
+    """Bars by source say something only where more than one test source has unseen records."""
+    sources = unseen_sources([c for c in view.curves if c.em_final is not None])
+    return None if len(sources) > 1 else f"{len(sources)} test source(s) with unseen records"
+
+
+def accuracy_by_source(view: View, folder: Path, stem: str, title: str, task: str | None = None) -> list[Path]:
+    """Grouped bars: per setting, one bar per test source, the mean over seeds of the final
+    Exact-Match on that source's unseen instructions; whiskers from the lowest to the highest seed,
+    each seed a dot."""
+    curves = _em_curves(view)
+    sources = unseen_sources(curves)
+    if not sources:
+        raise NoData("no test source has records of unseen instructions")
+    with_em = {id(c) for c in curves}
+    settings = [(s, [c for c in s.runs if id(c) in with_em]) for s in view.settings]
+    settings = [(s, runs) for s, runs in settings if runs]
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(settings) * (0.5 + 0.35 * len(sources))), 4.4))
+    for j, src in enumerate(sources):
+        x = np.arange(len(settings)) + (j - (len(sources) - 1) / 2) * width
+        means, lo, hi = [], [], []
+        for k, (_, runs) in enumerate(settings):
+            mean, values = _cell(runs, "unseen", src)
+            ok = [v for v in values if math.isfinite(v)]
+            means.append(mean)
+            lo.append(mean - min(ok) if ok else 0.0)
+            hi.append(max(ok) - mean if ok else 0.0)
+            if len(ok) > 1:
+                ax.scatter([x[k]] * len(ok), ok, s=8, color="black", zorder=4)
+        ax.bar(x, np.nan_to_num(means, nan=0.0), width * 0.95, color=f"C{j % 10}", label=src,
+               yerr=[lo, hi], capsize=2, error_kw={"linewidth": 0.8})
+        for k, m in enumerate(means):
+            if not math.isfinite(m):
+                ax.text(x[k], 0.01, "—", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(np.arange(len(settings)), [s.legend for s, _ in settings], rotation=20 if len(settings) > 4 else 0,
+                  ha="right" if len(settings) > 4 else "center", fontsize=8)
+    ax.set_ylabel(f"{EM_AXIS} on unseen instructions")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(title="test source", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
     return _save(fig, folder, stem)
 
 
@@ -383,6 +707,9 @@ class Kind:
     caption: str  # one line: what it shows; {baseline} and {early} are filled in
     finding: str | None = None  # what the paper found, for the kinds that redo one of its figures
     auto: bool | str = True  # in the default set: always (True) or only when its data is there ("data")
+    # the figure's matrix axes resolved against the data (caption fields and draw keywords), or NoData
+    options: Callable[[View, dict], dict] | None = None
+    default_skip: Callable[[View], str | None] | None = None  # why the default set leaves it out, or None
 
 
 KINDS: dict[str, Kind] = {
@@ -425,7 +752,30 @@ KINDS: dict[str, Kind] = {
         auto="data"),
     "final_vs_axis": Kind(
         final_vs_axis, "final_vs_axis", "Unseen-task results against the varied axis",
-        "Test loss at the last snapshot (and Exact-Match, where scored) against the one numeric matrix axis the "
-        "runs vary, mean over seeds.",
+        "Test loss at the last snapshot (and Exact-Match on unseen tasks, where scored) against the matrix axis "
+        "{axis}, mean over seeds.",
+        auto="data", options=axis_option),
+    "accuracy": Kind(
+        accuracy, "accuracy", "Final Exact-Match on unseen and seen instructions",
+        "Exact-Match of the greedy answers at the last scored snapshot against the matrix axis {axis}: on the "
+        "unseen instructions (no training records; left) and on held-out examples of the seen instructions "
+        "(right, where the test set has them); each seed a point, the mean over seeds a line.",
+        auto="data", options=axis_option),
+    "accuracy_curves": Kind(
+        accuracy_curves, "accuracy_curves", "Exact-Match during training",
+        "Exact-Match of the greedy answers against the training items seen, on unseen instructions (solid; "
+        "for up to four settings shaded between the lowest and highest seed) and on held-out examples of seen "
+        "instructions (dashed), one colour per setting, mean over its seeds.",
         auto="data"),
+    "heatmap": Kind(
+        heatmap, "heatmap", "Exact-Match on unseen instructions over the grid",
+        "Exact-Match on unseen instructions at the last scored snapshot, mean over seeds, on the grid of "
+        "{axis} (x) and {y_axis} (y); each cell holds its value, grey cells (—) have no run.",
+        auto="data", options=grid_options),
+    "accuracy_by_source": Kind(
+        accuracy_by_source, "accuracy_by_source", "Exact-Match on unseen instructions by test source",
+        "Exact-Match on the unseen instructions of each test source at the last scored snapshot, one group of "
+        "bars per setting: the mean over seeds, whiskers from the lowest to the highest seed (dots), — where the "
+        "source has no unseen record.",
+        auto="data", default_skip=one_source),
 }

@@ -2,11 +2,14 @@
 
 Outputs a ``report/`` directory: curves.csv, curves.h5, one PNG and SVG per figure (the
 ``report.figures`` list; by default loss_curves, per_task, sd_vs_loss, and measures, windows,
-generation_metrics, final_vs_axis where their data exists), report.md, report.html
-(self-contained) and summary.json. Runs are grouped into settings by their matrix label (seeds
-of one label are one setting); the headline is each setting's mean test loss over the first
-``early_fraction`` of the steps minus the baseline's. ``hpcgen report FILE`` rebuilds the same
-from whatever is on disk, at any time, through the same ``make_report``.
+generation_metrics, final_vs_axis, accuracy, accuracy_curves, heatmap, accuracy_by_source where
+their data exists), report.md, report.html (self-contained), summary.json and, where Exact-Match
+was scored, exact_match_per_instruction.csv. Runs are grouped into settings by their matrix label
+(seeds of one label are one setting); the headline is each setting's mean test loss over the
+first ``early_fraction`` of the steps minus the baseline's. Exact-Match is reported apart for
+unseen instructions (zero-shot) and held-out examples of seen ones, per test source too.
+``hpcgen report FILE`` rebuilds the same from whatever is on disk, at any time, through the same
+``make_report``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from hpcgen.pipeline.stage import Stage, Task
 from hpcgen.report.curves import build_curve
 from hpcgen.report.document import write_report
 
-FigureKind = Literal["loss", "per_task", "sd_vs_loss", "measures", "windows", "metrics", "final_vs_axis"]
+FigureKind = Literal["loss", "per_task", "sd_vs_loss", "measures", "windows", "metrics", "final_vs_axis",
+                     "accuracy", "accuracy_curves", "heatmap", "accuracy_by_source"]
+AXIS_KINDS = ("final_vs_axis", "accuracy", "heatmap")  # the kinds drawn against a matrix axis
 
 
 class FigureSpec(Model):
@@ -33,18 +38,39 @@ class FigureSpec(Model):
                     "per unseen task; sd_vs_loss: SD_k against loss; measures: the loss beside the nine "
                     "similarity distance measures (Fig. 15); windows: loss per TMA round window (Fig. 8); "
                     "metrics: loss, Exact-Match, ROUGE-1/L per step (Fig. 2); final_vs_axis: last loss against "
-                    "the one numeric axis varied")
+                    "the one numeric axis varied; accuracy: final Exact-Match on unseen (and seen) instructions "
+                    "against an axis, every seed a point; accuracy_curves: Exact-Match on unseen (solid) and seen "
+                    "(dashed) instructions against items seen; heatmap: final unseen Exact-Match on the grid of "
+                    "axis × y_axis; accuracy_by_source: final unseen Exact-Match per setting and test source")
     title: SafeStr | None = Field(None, description="the figure's title (default: the kind's own)")
     finding: SafeStr | None = Field(
         None, description="one line: what the paper found, printed in the caption after 'Paper:' (unset: the "
                           "kind's own for measures, windows and metrics; null: none)")
     task: SafeStr | None = Field(None, description="one unseen task instead of the average (loss, per_task, "
                                                    "measures, windows, final_vs_axis)")
+    axis: SafeStr | None = Field(
+        None, description="the matrix key path on the x axis (accuracy, heatmap, final_vs_axis), e.g. "
+                          "data.sources.0.instructions; default: the one numeric matrix axis other than seeds "
+                          "with more than one value")
+    y_axis: SafeStr | None = Field(
+        None, description="the heat map's second key path, on the y axis, e.g. data.sources.0.examples; default: "
+                          "the other numeric axis varied besides seeds")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"kind": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _axes_fit_the_kind(self) -> FigureSpec:
+        # a stray axis would be ignored without a word; say so where the figure is configured
+        if self.axis is not None and self.kind not in AXIS_KINDS:
+            raise ValueError(f"axis is for the kinds {', '.join(AXIS_KINDS)}, not {self.kind}")
+        if self.y_axis is not None and self.kind != "heatmap":
+            raise ValueError(f"y_axis is for the heatmap kind, not {self.kind}")
+        if self.axis is not None and self.axis == self.y_axis:
+            raise ValueError(f"axis and y_axis are both {self.axis!r}")
+        return self
 
 
 class ReportConfig(StageConfig):
@@ -52,8 +78,8 @@ class ReportConfig(StageConfig):
     at_steps: list[int] | None = Field(None, description="steps for the summary table (default: 1/4, 1/2, end)")
     figures: list[FigureSpec] | None = Field(
         None, description="the figures, in order (default: loss, per_task, sd_vs_loss, and measures, windows, "
-                          "metrics, final_vs_axis where their data exists); a listed kind without data is "
-                          "skipped with a note")
+                          "metrics, final_vs_axis, accuracy, accuracy_curves, heatmap, accuracy_by_source where "
+                          "their data exists); a listed kind without data is skipped with a note")
     baseline: SafeStr | None = Field("RT", description="label of the baseline setting the headline compares with "
                                                        "(null: none)")
     early_fraction: float = Field(0.3, gt=0, le=1, description="the headline's early window: this fraction of "
@@ -66,7 +92,7 @@ def figure_specs(cfg: ReportConfig) -> list[dict] | None:
         return None
     out = []
     for f in cfg.figures:
-        spec = {"kind": f.kind, "title": f.title, "task": f.task}
+        spec = {"kind": f.kind, "title": f.title, "task": f.task, "axis": f.axis, "y_axis": f.y_axis}
         if "finding" in f.model_fields_set:
             spec["finding"] = f.finding
         out.append(spec)
@@ -108,7 +134,7 @@ class Aggregate(Stage):
     Config = ReportConfig
     upstream = ("evaluate", "arrange", "train")
     scope = "experiment"
-    version = 2  # settings by label, the early-loss headline, figure list, train counts
+    version = 3  # Exact-Match on unseen / seen instructions and per source, the accuracy figures
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=1, gpus=0, mem=4096, time=30)
 
     def run(self, task: Task) -> None:
