@@ -107,13 +107,14 @@ def test_axis_into_a_list_item():
     from hpcgen.stages import default_pipeline
     from tests.conftest import ROOT
 
-    exp = load_experiment(ROOT / "examples" / "diversity.yaml", default_pipeline(), check_output=False)
-    assert [r.name for r in exp.runs] == ["instructions=10", "instructions=50", "instructions=400"]
-    assert [r.config.data.sources[0].instructions for r in exp.runs] == [10, 50, 400]
-    assert {r.config.data.sources[0].budget for r in exp.runs} == {4000}  # the rest of the item is kept
+    study = ROOT / "examples" / "diversity" / "transition.yaml"
+    exp = load_experiment(study, default_pipeline(), check_output=False)
+    sources = [r.config.data.sources[0] for r in exp.runs]
+    assert [s.instructions for s in sources] == [10, 10, 100, 100, 300, 300, 1000, 1000, 3000, 3000]
+    assert [s.seed for s in sources] == [0, 1] * 5 and [r.config.train.seed for r in exp.runs] == [0, 1] * 5
+    assert {s.budget for s in sources} == {54400}  # the rest of the item (from the included base) is kept
     with pytest.raises(ConfigError, match="did you mean 'instructions'"):
-        load_experiment(ROOT / "examples" / "diversity.yaml", default_pipeline(), ["data.sources.0.instructionz=3"],
-                        check_output=False)
+        load_experiment(study, default_pipeline(), ["data.sources.0.instructionz=3"], check_output=False)
 
 
 def test_configs_pickled_before_a_new_setting_unpickle_with_its_default():

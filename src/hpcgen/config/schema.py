@@ -369,10 +369,29 @@ def _value_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def without_tags(model: type[BaseModel], loc: tuple) -> tuple:
+    """``loc`` without the tags pydantic inserts after the index of a discriminated union's item
+    (``data.sources.0.rewriting.budget`` is the file's ``data.sources.0.budget``)."""
+    out: list = []
+    node: Any = model
+    for part in loc:
+        if isinstance(node, _AnyOf) and isinstance(part, str):
+            tags = {f.default: m for m in node.members for f in m.model_fields.values()
+                    if typing.get_origin(f.annotation) is Literal and isinstance(f.default, str)}
+            if part in tags and not child_schema(node, part)[0]:
+                node = tags[part]
+                continue
+        out.append(part)
+        if node is not None:
+            ok, node = child_schema(node, str(part))
+            node = node if ok else None
+    return tuple(out)
+
+
 def first_error(exc: ValidationError, model: type[BaseModel], where) -> ConfigError:
     """Turn pydantic's first error into a one-line ConfigError located by ``where(loc)``."""
     err = exc.errors()[0]
-    loc = tuple(str(p) if not isinstance(p, int) else p for p in err["loc"])
+    loc = without_tags(model, tuple(str(p) if not isinstance(p, int) else p for p in err["loc"]))
     file, line = where(loc)
     key = ".".join(str(p) for p in loc) or None
     kind = err["type"]
