@@ -187,6 +187,19 @@ def test_items_seen_and_the_unseen_line_in_curves_files(study):
     assert [float(r["exact_match_seen"]) for r in rows] == pytest.approx([1 / 3, 2 / 3, 1.0])
 
 
+def test_every_instruction_at_every_snapshot_in_curves_h5(study):
+    """i10s1: EARLY, MIDDLE, FINAL at steps 10, 20, 30; instruction ba>d (lower k) has one scored
+    record of two, so its value is that record's."""
+    _, folder = study
+    with h5py.File(folder / "curves.h5") as f:
+        g = f["i10s1/em_per_instruction"]
+        names = [(s.decode(), t.decode()) for s, t in zip(g["source"][:], g["instruction"][:])]
+        seen, em = g["seen"][:].tolist(), g["exact_match"][:]
+    assert names == [("in-domain", "ab>c"), ("lower k", "ba>d"), ("in-domain", "cc>a"), ("lower k", "dd>b")]
+    assert seen == [False, False, True, True]
+    assert em.tolist() == [[0, 0, 0.5, 0], [0.5, 0, 1, 0], [0, 1, 1, 1]]
+
+
 def test_log_axis_from_a_tenfold_span():
     assert plots._log_x([10, 30, 100, 300, 1000, 3000]) and plots._log_x([1, 10])
     assert not plots._log_x([1, 2, 5]) and not plots._log_x([0, 100]) and not plots._log_x(["a", "b"])

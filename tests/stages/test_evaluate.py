@@ -77,6 +77,12 @@ def test_forced_exact_match_is_greedy_decodings_verdict():
     greedy = np.asarray([float(answers[i] == refs[i]) for i in range(len(prompts))])
     assert 8 <= greedy[keep].sum() <= len(keep) - 8  # both verdicts occur
     assert np.sum(forced[keep] != greedy[keep]) <= 1  # equal up to a near tie between the two forwards
+    # budgets (the reference's answer and tail tokens) change no generated verdict, only the work
+    budgets = [len(x) - n for x, n in zip(enc.ids, enc.n_prompt)]
+    capped = generate_answers(model, tok, prompts, tmpl, 64, 8, 16, budgets=budgets)
+    plain = [i for i, t in enumerate(emitted) if not specials & set(t[:t.index(tok.eos_token_id)]
+                                                              if tok.eos_token_id in t else t)]
+    assert [capped[i] == refs[i] for i in plain] == [answers[i] == refs[i] for i in plain]
     # a cut answer: generation's text equals the reference, but the model did not end it
     cut = [i for i in range(len(prompts)) if tok.eos_token_id not in emitted[i] and not specials & set(emitted[i])
            and refs[i] == answers[i]]
@@ -208,3 +214,41 @@ def test_a_reward_model_whose_head_does_not_load_is_refused(tmp_path):
         RewardModel(str(tmp_path / "lm"))
     scorer = RewardModel(str(reward_model(tmp_path)))  # a complete checkpoint loads
     assert scorer.scores(["ab"], ["cd"], "{prompt}>{answer}", 4).shape == (1,)
+
+
+def test_a_diversity_run_end_to_end_reports_unseen_and_seen_exact_match(tmp_path):
+    """prepare -> train -> evaluate -> aggregate on a rewriting source with held-out examples of
+    seen instructions: the evaluation marks each test record seen or not and scores it by greedy
+    generation and by the loss forward's verdict, and summary.json gives each run's final exact
+    match on unseen and on seen instructions from those records."""
+    import json
+
+    (tmp_path / "exp.yaml").write_text("""
+name: div
+output_dir: out
+cluster: {executor: debug}
+data:
+  sources:
+    - {format: rewriting, alphabet: abcd, x_len: 1, y_len: 1, z_len: [1, 2], instructions: 8, budget: 1536,
+       test_instructions: 2, test_examples_per_instruction: 4, seen_test_instructions: 3, noop_fraction: 0.25}
+  template: "{prompt}={answer}</s>"
+arrange: {strategy: random}
+train: {preset: gpt2-rewriting, layers: 2, hidden: 64, heads: 2, max_length: 32, global_batch: 16, micro_batch: 16,
+        lr: 5.0e-3, warmup_steps: 10, save_every: 48, deepspeed: zero0}
+eval: {generate: true, rouge: false, forced_exact_match: true, max_new_tokens: 10}
+report: {baseline: null, figures: [accuracy_curves]}
+""")
+    assert main(["submit", str(tmp_path / "exp.yaml")]) == 0
+    [path] = list((tmp_path / "out" / "store" / "evaluate").glob("*/losses-00000.h5"))
+    with h5py.File(path) as f:
+        seen, em, forced = f["seen"][:], f["exact_match"][:], f["exact_match_forced"][:]
+        assert "rouge1" not in f and [s.decode() for s in f["source"][:]] == ["rewriting"] * 20
+    assert seen.tolist() == [False] * 8 + [True] * 12  # 2 unseen x 4, then 3 seen x 4
+    assert em.shape == forced.shape == (2, 20)
+    assert np.mean(em != forced) <= 0.1  # the two verdicts agree (a trained model emits no stray specials)
+    assert em[-1][seen].mean() > 0  # the seen rules are learned
+    [summary] = list((tmp_path / "out" / "store" / "aggregate").glob("*/report/summary.json"))
+    [run] = json.loads(summary.read_text())["runs"]
+    assert math.isclose(run["final_exact_match_unseen"], float(em[-1][~seen].mean()), rel_tol=1e-6, abs_tol=1e-9)
+    assert math.isclose(run["final_exact_match_seen"], float(em[-1][seen].mean()), rel_tol=1e-6)
+    assert (run["unseen_test_instructions"], run["seen_test_instructions"]) == (2, 3)

@@ -70,6 +70,8 @@ class RunCurve:
     em_by_source: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # source -> unseen/seen
     em_final: int | None = None  # index of the last snapshot with any Exact-Match scored
     em_per_task: list[TaskScore] = field(default_factory=list)  # at ``em_final``, per source and instruction
+    # per (source, instruction, seen), its mean Exact-Match at every snapshot: (keys, (k, len(keys)))
+    em_per_instruction: tuple[list[tuple[str, str, bool]], np.ndarray] | None = None
     seen_records: int = 0  # test records of seen instructions (in the loss's mean, as every record is)
 
     @property
@@ -218,7 +220,19 @@ def read_exact_match(curve: RunCurve, ev: Losses) -> None:
     for src in dict.fromkeys(ev.source.tolist()):
         here = ev.source == src
         curve.em_by_source[src] = {"unseen": _group_mean(em, here & ~seen), "seen": _group_mean(em, here & seen)}
-    scored = np.flatnonzero(np.isfinite(em).any(axis=1))
+    keys = list(dict.fromkeys(zip(ev.source.tolist(), ev.task.tolist(), seen.tolist())))
+    column = {key: j for j, key in enumerate(keys)}
+    cols = np.asarray([column[key] for key in zip(ev.source.tolist(), ev.task.tolist(), seen.tolist())])
+    ok = np.isfinite(em)
+    sums = np.zeros((em.shape[0], len(keys)))
+    counts = np.zeros((em.shape[0], len(keys)))
+    for step in range(em.shape[0]):  # every snapshot, every instruction: one pass over the records
+        np.add.at(sums[step], cols[ok[step]], em[step, ok[step]])
+        np.add.at(counts[step], cols[ok[step]], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve.em_per_instruction = ([(a, b, bool(c)) for a, b, c in keys],
+                                    np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+    scored = np.flatnonzero(ok.any(axis=1))
     if not scored.size:
         return
     curve.em_final = int(scored[-1])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from hpcgen.report import plots
 from hpcgen.report.curves import (
@@ -436,6 +437,13 @@ def _write_curves(curves: list[RunCurve], setting_of: dict[str, Setting], folder
             for key in ("em_unseen", "em_seen"):
                 if getattr(c, key) is not None:
                     g.create_dataset(key, data=getattr(c, key))
+            if c.em_per_instruction is not None:  # every instruction at every snapshot
+                keys, values = c.em_per_instruction
+                e = g.create_group("em_per_instruction")
+                e.create_dataset("source", data=[k[0] for k in keys], dtype=h5py.string_dtype())
+                e.create_dataset("instruction", data=[k[1] for k in keys], dtype=h5py.string_dtype())
+                e.create_dataset("seen", data=np.asarray([k[2] for k in keys], dtype=bool))
+                e.create_dataset("exact_match", data=values)
 
 
 def _run_table(rows: list[dict], at_steps: list[int], baseline: str | None, pct: str, curves) -> Table:

@@ -102,9 +102,15 @@ class RewardModel:
 
 
 def generate_answers(model, tokenizer, prompts: list[str], template: str, max_length: int, max_new_tokens: int,
-                     batch_size: int, device: str = "cpu") -> list[str]:
-    """Greedy answers: the template's text before {answer} is the prompt; generation stops at
-    the end-of-sequence token, and the template's text after {answer} is cut off."""
+                     batch_size: int, device: str = "cpu", budgets: list[int] | None = None) -> list[str]:
+    """Greedy answers, batched, with the model's KV cache (``generate``): the template's text
+    before {answer} is the prompt; generation stops at the end-of-sequence token, and the
+    template's text after {answer} is cut off.
+
+    Prompts are batched by length (less left padding) and answered in their own order.
+    ``budgets``: new tokens each prompt needs at most (for Exact-Match alone, its reference's
+    answer and tail tokens: a longer greedy answer is wrong whether it is cut or not); a batch
+    generates the largest budget among its rows, at most ``max_new_tokens``."""
     import torch
 
     from hpcgen.training.data import split_template
@@ -114,11 +120,14 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
     ids = tokenizer([head.format(prompt=p) for p in prompts], add_special_tokens=False)["input_ids"]
     keep = max(1, max_length - max_new_tokens)
     ids = [x[len(x) - keep:] if len(x) > keep else x for x in ids]  # prompts lose tokens from the left
+    need = [max_new_tokens if budgets is None else max(1, min(max_new_tokens, b)) for b in (budgets or ids)]
+    order = sorted(range(len(ids)), key=lambda i: (need[i], len(ids[i])))
     pad = tokenizer.pad_token_id
-    answers: list[str] = []
+    answers: list[str] = [""] * len(ids)
     model.eval()
-    for lo in range(0, len(ids), batch_size):
-        chunk = ids[lo:lo + batch_size]
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo:lo + batch_size]
+        chunk = [ids[i] for i in rows]
         width = max(len(x) for x in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -127,10 +136,11 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
             mask[b, width - len(x):] = 1
         with torch.no_grad():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        for row in out[:, width:]:
+                                 max_new_tokens=max(need[i] for i in rows), pad_token_id=pad,
+                                 eos_token_id=tokenizer.eos_token_id)
+        for i, row in zip(rows, out[:, width:]):
             text = tokenizer.decode(row, skip_special_tokens=True)
-            answers.append(text.split(stop)[0].strip() if stop else text.strip())
+            answers[i] = text.split(stop)[0].strip() if stop else text.strip()
     return answers
 
 
@@ -236,8 +246,11 @@ class Evaluate(Stage):
             if cfg.generate:
                 from hpcgen.metrics.text import exact_match, rouge
 
+                em_only = not cfg.rouge and not cfg.reward_model  # then no answer needs more than its reference
+                budgets = [len(x) - n if x is not None else cfg.max_new_tokens
+                           for x, n in zip(enc.ids, enc.n_prompt)] if em_only else None
                 answers = generate_answers(model, tokenizer, prompts, template, train_cfg.max_length,
-                                           cfg.max_new_tokens, cfg.batch_size, device)
+                                           cfg.max_new_tokens, cfg.batch_size, device, budgets)
                 for j, (pred, rec) in enumerate(zip(answers, test)):
                     results["exact_match"][k, j] = exact_match(pred, rec["answer"])
                     if cfg.rouge:
