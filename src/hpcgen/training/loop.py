@@ -417,9 +417,16 @@ def save_resumable(engine, folder: Path, step: int, keep: int, rank: int, frozen
     import torch.distributed as dist
 
     tag = f"step-{step:06d}"
-    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step}, exclude_frozen_parameters=not frozen)
+    # the RNG states first, each committed by a rename: DeepSpeed's ``latest`` (written at the end of
+    # save_checkpoint) then never names a checkpoint whose RNG file a kill left half-written
+    (folder / tag).mkdir(parents=True, exist_ok=True)
+    rng = folder / tag / f"rng-rank{rank}.pt"
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-               folder / tag / f"rng-rank{rank}.pt")
+               rng.with_name(f".tmp-{rng.name}"))
+    os.replace(rng.with_name(f".tmp-{rng.name}"), rng)
+    if dist.is_initialized():
+        dist.barrier()
+    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step}, exclude_frozen_parameters=not frozen)
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
