@@ -110,8 +110,8 @@ def test_axis_into_a_list_item():
     study = ROOT / "examples" / "diversity" / "transition.yaml"
     exp = load_experiment(study, default_pipeline(), check_output=False)
     sources = [r.config.data.sources[0] for r in exp.runs]
-    assert [s.instructions for s in sources] == [10, 10, 100, 100, 300, 300, 1000, 1000, 3000, 3000]
-    assert [s.seed for s in sources] == [0, 1] * 5 and [r.config.train.seed for r in exp.runs] == [0, 1] * 5
+    assert [s.instructions for s in sources] == [10, 10, 100, 100, 1000, 1000, 10000, 10000]
+    assert [s.seed for s in sources] == [0, 1] * 4 and [r.config.train.seed for r in exp.runs] == [0, 1] * 4
     assert {s.budget for s in sources} == {54400}  # the rest of the item (from the included base) is kept
     with pytest.raises(ConfigError, match="did you mean 'instructions'"):
         load_experiment(study, default_pipeline(), ["data.sources.0.instructionz=3"], check_output=False)

@@ -196,7 +196,7 @@ def test_bad_split_file_is_one_line_exit_2(case, tmp_path, capsys):
     message = err.strip()
     assert message.count("\n") == 0 and message.startswith("error: "), message
     if case == "with_test_tasks":
-        assert "bad.yaml:5: data.sources.0.flan_mini: test_tasks sizes the seeded random split" in message
+        assert "bad.yaml:5: data.sources.0: test_tasks sizes the seeded random split" in message
     else:
         assert "data.sources[0].split_file: " in message and str(tmp_path / name) in message, message
         if case != "none_in_data":  # found at submit time, with the line
