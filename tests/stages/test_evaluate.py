@@ -229,12 +229,12 @@ output_dir: out
 cluster: {executor: debug}
 data:
   sources:
-    - {format: rewriting, alphabet: abcd, x_len: 1, y_len: 1, z_len: [1, 2], instructions: 8, budget: 1536,
+    - {format: rewriting, alphabet: abcd, x_len: 1, y_len: 1, z_len: [1, 2], instructions: 8, budget: 3072,
        test_instructions: 2, test_examples_per_instruction: 4, seen_test_instructions: 3, noop_fraction: 0.25}
   template: "{prompt}={answer}</s>"
 arrange: {strategy: random}
 train: {preset: gpt2-rewriting, layers: 2, hidden: 64, heads: 2, max_length: 32, global_batch: 16, micro_batch: 16,
-        lr: 5.0e-3, warmup_steps: 10, save_every: 48, deepspeed: zero0}
+        lr: 5.0e-3, warmup_steps: 10, save_every: 96, deepspeed: zero0}
 eval: {generate: true, rouge: false, forced_exact_match: true, max_new_tokens: 10}
 report: {baseline: null, figures: [accuracy_curves]}
 """)
@@ -246,7 +246,7 @@ report: {baseline: null, figures: [accuracy_curves]}
     assert seen.tolist() == [False] * 8 + [True] * 12  # 2 unseen x 4, then 3 seen x 4
     assert em.shape == forced.shape == (2, 20)
     assert np.mean(em != forced) <= 0.1  # the two verdicts agree (a trained model emits no stray specials)
-    assert em[-1][seen].mean() > 0  # the seen rules are learned
+    assert em[-1][seen].mean() >= 0.25  # the seen rules are learned: the summary's means are not trivially 0
     [summary] = list((tmp_path / "out" / "store" / "aggregate").glob("*/report/summary.json"))
     [run] = json.loads(summary.read_text())["runs"]
     assert math.isclose(run["final_exact_match_unseen"], float(em[-1][~seen].mean()), rel_tol=1e-6, abs_tol=1e-9)
