@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
+from hpcgen.cli import main as cli_main
 from tests.conftest import CHAIN, FIXTURES, ROOT
 
 
@@ -41,3 +46,45 @@ def test_module_entry_point_and_version():
     assert res.returncode == 2
     assert res.stderr.strip() == ("error: tests/fixtures/bad_unknown_key.yaml:6: train.warmpu: unknown key; "
                                   "did you mean 'warmup'?")
+
+
+def test_logs_into_a_pipe_closed_early_exits_quietly(cli, write_exp, tmp_path):
+    """``hpcgen logs TASK | head -1``: no BrokenPipeError traceback, the status ``git log | head`` leaves."""
+    path = write_exp("name: piped\noutput_dir: out\n")
+    assert cli("submit", path, "--executor", "local", "--until", "prepare")[0] == 0
+    [log] = (tmp_path / "out" / "experiments" / "piped" / "logs" / "prepare").glob("*_log.out")
+    with open(log, "a") as fh:  # far more than a pipe holds, so writes go on after the reader has gone
+        fh.writelines(f"line {i} of a long log\n" for i in range(100_000))
+    env = {**os.environ, "HPCGEN_PIPELINE": CHAIN}
+    proc = subprocess.Popen([sys.executable, "-m", "hpcgen", "logs", "prepare", "-f", str(path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=60)
+    assert first.startswith(b"# task prepare/")
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert code == 141
+
+
+def test_doctor_json_prints_only_json():
+    """Libraries' own lines (DeepSpeed's accelerator warning) go to stderr and under "warnings"."""
+    res = subprocess.run([sys.executable, "-m", "hpcgen", "doctor", "--json"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    data = json.loads(res.stdout)
+    assert data["hpcgen"] and "problems" in data and isinstance(data["warnings"], list)
+    for line in data["warnings"]:
+        assert line in res.stderr
+
+
+@pytest.mark.parametrize("args", [("plan",), ("plan", "--json"), ("status",)])
+def test_rich_and_plain_output_into_a_closed_pipe_exit_141(use_chain, write_exp, monkeypatch, args):
+    """Rich's console would exit with status 1 on a closed stdout; every command leaves 141."""
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    path = write_exp("name: closed\noutput_dir: out\n")
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert cli_main([args[0], str(path), *args[1:]]) == 141

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failed work, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import json
@@ -80,10 +81,12 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
         from hpcgen.config.schema import signal_delay
         from hpcgen.pipeline.container import python_command
         from hpcgen.pipeline.executors.slurm import render_script, sbatch_parameters
+        from hpcgen.pipeline.status import stage_list
 
         nodes = [n for n in graph.nodes.values() if n.stage.name == args.sbatch]
         if not nodes:
-            raise ConfigError(f"no stage {args.sbatch!r} in this experiment's graph", key="--sbatch")
+            raise ConfigError(f"no stage {args.sbatch!r} in this experiment's graph", key="--sbatch",
+                              fix=f"choose one of: {stage_list(graph)}")
         params = sbatch_parameters(nodes[0].resources, job_name=f"{exp.name}.{args.sbatch}",
                                    dependency=[], signal_delay_s=signal_delay(nodes[0].resources))
         size = sum(n.size for n in nodes if n.resources == nodes[0].resources)
@@ -149,6 +152,11 @@ def cmd_submit(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
 
     exp, graph = _load(args, pipeline)
     if args.until:
+        if not any(n.stage.name == args.until for n in graph.nodes.values()):
+            from hpcgen.pipeline.status import stage_list
+
+            raise ConfigError(f"no stage {args.until!r} in this experiment's graph", key="--until",
+                              fix=f"choose one of: {stage_list(graph)}")
         graph = graph.until(args.until)
     return submit(exp, pipeline, graph, executor_name=args.executor, force=args.force,
                   dry_run=args.dry_run, console=out)
@@ -195,7 +203,7 @@ def cmd_logs(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
 
     exp, graph = _load(args, pipeline, check_output=False)
     store = Store(exp.store)
-    stage, key, index = find_task(graph, args.task)
+    stage, key, index = find_task(graph, args.task, pipeline)
     paths = log_paths(store, stage, key, index)
     attempt = read_json(store.attempt(stage, key, index)) or {}
     print(f"# task {stage}/{key}/{index:05d}: {attempt.get('state', 'never run')}"
@@ -341,12 +349,50 @@ def cmd_doctor(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
     return 1 if missing else 0
 
 
+def canonical_stages(args: argparse.Namespace, pipeline: Pipeline) -> None:
+    """Stage names as options give them, by either spelling (``eval`` or ``evaluate``: a config
+    section or the stage that owns it), turned into the stage's own name; ``logs`` TASK's STAGE
+    is turned in ``find_task``. Unknown names stay as they are, for the command to report."""
+    if getattr(args, "force", None):
+        args.force = list(dict.fromkeys(pipeline.canonical(s) for s in args.force))
+    for option in ("until", "sbatch"):
+        if getattr(args, option, None):
+            setattr(args, option, pipeline.canonical(getattr(args, option)))
+
+
+def _stdout_gone() -> int:
+    """Whoever read stdout has gone (``hpcgen logs X | head``): stop quietly, no traceback.
+
+    Exit status 141 (128 + SIGPIPE) is what ``git log | head`` and the other Unix tools leave,
+    since they are killed by SIGPIPE: a shell ignores it unless ``pipefail`` is set. Stdout now
+    points at /dev/null, so that flushing what is still buffered at exit cannot fail again (the
+    recipe of the Python docs, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Rich's own ends the process with status 1; ``main`` does it as for ``print``."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout is closed")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Console(stderr=False, soft_wrap=True)
+    out = _Console(stderr=False, soft_wrap=True)
     try:
-        return args.func(args, load_pipeline(), out)
+        pipeline = load_pipeline()
+        canonical_stages(args, pipeline)
+        code = args.func(args, pipeline, out)
+        sys.stdout.flush()  # a reader that has gone shows here, inside the try, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except HpcgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

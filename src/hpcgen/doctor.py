@@ -9,9 +9,13 @@ resource profiles where hpcgen looks for them).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from hpcgen import __version__
@@ -65,15 +69,62 @@ def _slurm() -> dict[str, Any]:
     return {"sbatch": shutil.which("sbatch"), "controller": ping}
 
 
+class _ToStderr(io.TextIOBase):
+    """A stand-in for ``sys.stdout`` that passes everything on to stderr and keeps the lines."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.text += text
+        sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[_ToStderr]:
+    """While the libraries are imported and probed, what they print to stdout goes to stderr.
+
+    DeepSpeed's logger writes to ``sys.stdout`` (a handler made at import, which keeps the stream
+    it found: this stand-in, which still passes on to stderr after the block), and compiled code
+    may write to file descriptor 1, redirected to 2 for the block. ``doctor --json`` keeps stdout
+    for the JSON; the Python-level lines are also kept (``.text``) for its ``warnings``."""
+    sys.stdout.flush()
+    saved = None
+    with contextlib.suppress(OSError):
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    stand_in = _ToStderr()
+    try:
+        with contextlib.redirect_stdout(stand_in):
+            yield stand_in
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError):
+                os.dup2(saved, 1)
+            os.close(saved)
+
+
 def collect() -> dict[str, Any]:
+    """What the environment has. Libraries' own output (DeepSpeed's accelerator warning) goes to
+    stderr, not stdout, and its lines are listed under ``warnings``."""
     from hpcgen.config.profiles import bundled, jobs_dir
 
-    return {
-        "hpcgen": __version__, "git": git_commit(), "packages": package_versions(),
-        "container": images.observed(), "apptainer": shutil.which("apptainer"),
-        "torch": _torch(), "cupy": _cupy(), "deepspeed": _deepspeed(), "slurm": _slurm(),
-        "jobs_dir": str(jobs_dir()), "profiles": bundled(),
-    }
+    with stdout_to_stderr() as printed:
+        info = {
+            "hpcgen": __version__, "git": git_commit(), "packages": package_versions(),
+            "container": images.observed(), "apptainer": shutil.which("apptainer"),
+            "torch": _torch(), "cupy": _cupy(), "deepspeed": _deepspeed(), "slurm": _slurm(),
+            "jobs_dir": str(jobs_dir()), "profiles": bundled(),
+        }
+    info["warnings"] = [line for line in printed.text.splitlines() if line.strip()]
+    return info
 
 
 def problems(info: dict[str, Any], *, gpu: bool = False, cuda_build: bool = False,

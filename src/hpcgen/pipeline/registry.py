@@ -36,7 +36,24 @@ class Pipeline:
         self.order = order
 
     def __getitem__(self, name: str) -> Stage:
-        return self.stages[name]
+        return self.stages[self.canonical(name)]
+
+    def canonical(self, name: str) -> str:
+        """The stage a name means: a stage's own name (``evaluate``) or the name of the config
+        section it owns (``eval``); one thing, two names, accepted everywhere. Unknown names are
+        returned unchanged (the caller reports them with its own context)."""
+        if name in self.stages:
+            return name
+        for stage in self.stages.values():
+            if stage.section == name:
+                return stage.name
+        return name
+
+    def names(self) -> list[str]:
+        """Every name a stage answers to: stage names, then section names that differ."""
+        out = list(self.order)
+        out += [s.section for s in self if s.section and s.section not in out]
+        return out
 
     def __iter__(self):
         return (self.stages[n] for n in self.order)

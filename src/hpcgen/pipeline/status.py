@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcgen.errors import ConfigError, SubmitError
 from hpcgen.pipeline.graph import Graph
 from hpcgen.pipeline.store import Store, read_json
+
+if TYPE_CHECKING:
+    from hpcgen.config import Run
+    from hpcgen.pipeline.registry import Pipeline
 
 STATES = ("done", "running", "pending", "failed", "cancelled", "missing")
 _SLURM_TO_STATE = {
@@ -144,27 +151,92 @@ def _is_slurm(store: Store, state: TaskState) -> bool:
     return sub.get("executor") == "slurm"
 
 
-def find_task(graph: Graph, ref: str) -> tuple[str, str, int]:
-    """STAGE[/KEYPREFIX][/INDEX] or a run name/id with a stage: 'embed', 'embed/3f2a/2', 'train@tma'."""
-    stage, _, rest = ref.partition("/")
+def stage_list(graph: Graph) -> str:
+    """The graph's stages, each with its other spelling (the config section) where that differs:
+    ``prepare (data), embed, ..., evaluate (eval)``."""
+    out: dict[str, str] = {}
+    for node in graph.nodes.values():
+        s = node.stage
+        out.setdefault(s.name, f"{s.name} ({s.section})" if s.section and s.section != s.name else s.name)
+    return ", ".join(out.values())
+
+
+def canonical_stage(graph: Graph, name: str, pipeline: Pipeline | None = None) -> str:
+    """The stage ``name`` means, by its own name or its config section's (``eval``: ``evaluate``);
+    unknown names come back unchanged."""
+    if pipeline is not None:
+        return pipeline.canonical(name)
+    for node in graph.nodes.values():
+        if name in (node.stage.name, node.stage.section):
+            return node.stage.name
+    return name
+
+
+def match_runs(runs: list[Run], ref: str) -> list[Run]:
+    """The runs ``ref`` names: its full name, its label or its id, else a prefix of its name or id."""
+    exact = [r for r in runs if ref in (r.name, r.id) or (r.label is not None and ref == r.label)]
+    return exact or [r for r in runs if r.name.startswith(ref) or r.id.startswith(ref)]
+
+
+def _run_ref(stage: str, run: Run, runs: list[Run]) -> str:
+    """``STAGE@NAME`` (``STAGE@ID`` where the name is not unique), quoted for a shell where needed."""
+    unique = sum(1 for r in runs if r.name == run.name) == 1
+    return shlex.quote(f"{stage}@{run.name if unique else run.id}")
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def find_task(graph: Graph, ref: str, pipeline: Pipeline | None = None) -> tuple[str, str, int]:
+    """STAGE[/KEYPREFIX][/INDEX] or STAGE@RUN[/INDEX]: 'embed', 'embed/3f2a/2', 'train@tma', 'eval@seed=1/3'.
+
+    STAGE is a stage's name or its config section's (``evaluate`` or ``eval``); RUN is a run's full
+    name, its label, its id, or a prefix of its name or id that picks one node of STAGE."""
+    runs = graph.experiment.runs
+    head = ref.split("/", 1)[0]
     run_ref = None
-    if "@" in stage:
-        stage, run_ref = stage.split("@", 1)
-    parts = [p for p in rest.split("/") if p]
-    key_prefix = parts[0] if parts and not parts[0].isdigit() else ""
-    index = int(parts[-1]) if parts and parts[-1].isdigit() else 0
-    nodes = [n for n in graph.nodes.values() if n.stage.name == stage and n.key.startswith(key_prefix)]
-    if run_ref:
-        runs = {r.id for r in graph.experiment.runs if r.name == run_ref or r.id.startswith(run_ref)}
-        nodes = [n for n in nodes if runs & set(n.runs)]
+    if "@" in head:  # a run's name or label may itself hold "/" (labels read "a / b")
+        stage, run_ref = ref.split("@", 1)
+        key_prefix, index = "", 0
+        tail = re.fullmatch(r"(.*?)\s*/\s*(\d+)", run_ref)
+        if tail and not match_runs(runs, run_ref) and tail.group(1):
+            run_ref, index = tail.group(1), int(tail.group(2))
+    else:
+        stage, _, rest = ref.partition("/")
+        parts = [p for p in rest.split("/") if p]
+        key_prefix = parts[0] if parts and not parts[0].isdigit() else ""
+        index = int(parts[-1]) if parts and parts[-1].isdigit() else 0
+    stage = canonical_stage(graph, stage, pipeline)
+    stage_nodes = [n for n in graph.nodes.values() if n.stage.name == stage]
+    if not stage_nodes:
+        raise ConfigError(f"no stage {stage!r} in this experiment's graph ({ref!r})", key="TASK",
+                          fix=f"write STAGE[/KEY][/INDEX] or STAGE@RUN; stages: {stage_list(graph)}")
+    nodes = [n for n in stage_nodes if n.key.startswith(key_prefix)]
+    if run_ref is not None:
+        matched = match_runs(runs, run_ref)
+        if not matched:
+            raise ConfigError(f"no run matches {run_ref!r} ({ref!r})", key="TASK",
+                              fix="write STAGE@RUN with a run's name, label, id or a prefix of one; runs: "
+                                  + _listed([_run_ref(stage, r, runs) for r in runs]))
+        ids = {r.id for r in matched}
+        nodes = [n for n in nodes if ids & set(n.runs)]
+        if len(nodes) > 1:
+            choices = [_run_ref(stage, r, runs) for r in matched]
+            raise ConfigError(f"{run_ref!r} matches {len(matched)} runs ({ref!r}): {_listed(choices)}",
+                              key="TASK", fix="write more of the run's name")
     if not nodes:
-        stages = sorted({n.stage.name for n in graph.nodes.values()})
         raise ConfigError(f"no task matches {ref!r}", key="TASK",
-                          fix=f"write STAGE[/KEY][/INDEX] or STAGE@RUN; stages: {', '.join(stages)}")
+                          fix=f"write STAGE[/KEY][/INDEX] or STAGE@RUN; stages: {stage_list(graph)}")
     if len(nodes) > 1:
-        keys = ", ".join(n.key[:8] for n in nodes[:6])
-        raise ConfigError(f"{ref!r} matches {len(nodes)} nodes ({keys})", key="TASK",
-                          fix="add a key prefix (STAGE/KEY) or a run (STAGE@RUN)")
+        by_id = {r.id: r for r in runs}
+        choices = []
+        for n in nodes:
+            first = next((by_id[r] for r in n.runs if r in by_id), None)
+            choices.append(_run_ref(stage, first, runs) + f" ({n.key[:8]})" if first else f"{stage}/{n.key[:8]}")
+        raise ConfigError(f"{ref!r} matches {len(nodes)} nodes: {_listed(choices)}", key="TASK",
+                          fix="add a run (STAGE@RUN) or a key prefix (STAGE/KEY)")
     node = nodes[0]
     if index >= node.size:
         raise ConfigError(f"{node.id} has {node.size} task(s); index {index} is out of range", key="TASK")

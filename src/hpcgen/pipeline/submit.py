@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 
@@ -167,11 +168,13 @@ def make_batches(graph: Graph, store: Store, todo: Todo) -> list[Batch]:
 
 def forced_nodes(graph: Graph, stages: list[str]) -> set[str]:
     """The nodes of the named stages and everything downstream of them in this graph."""
+    from hpcgen.pipeline.status import stage_list
+
     known = {n.stage.name for n in graph.nodes.values()}
     for stage in stages:
         if stage not in known:
             raise ConfigError(f"no stage {stage!r} in this experiment's graph", key="--force",
-                              fix=f"choose one of: {', '.join(sorted(known))}")
+                              fix=f"choose one of: {stage_list(graph)}")
     return graph.downstream({n.id for n in graph.nodes.values() if n.stage.name in stages})
 
 
@@ -194,6 +197,8 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
     executor = make_executor(executor_name or exp.cluster.executor, exp, store, console)
     executor.check()
     check_inputs(exp, graph)
+    if force:  # either spelling of a stage: its name (evaluate) or its config section's (eval)
+        force = list(dict.fromkeys(pipeline.canonical(s) for s in force))
     forced = forced_nodes(graph, force) if force else set()
     if dry_run:
         todo = survey(graph, store, executor, forced)
@@ -221,9 +226,37 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
         todo = survey(graph, store, executor)
         _describe(console, graph, todo, executor.name, dry_run=False, force=force)
         batches = make_batches(graph, store, todo)
-        if not batches:
-            return 0
-        return executor.launch(batches)
+        code = executor.launch(batches) if batches else 0
+    queued = set()
+    if executor.name == "slurm" and code == 0:  # queued now or by an earlier submit, still in the queue
+        queued = {spec.id for batch in batches for spec in batch.specs} | set(todo.in_flight)
+    _say_report(console, graph, store, queued)
+    return code
+
+
+def report_paths(graph: Graph, store: Store) -> list[tuple[Node, Path]]:
+    """Each aggregate node of the graph (the stage over the whole experiment) with where its
+    report is: ``report/report.html`` in its node directory of the store, or the directory
+    itself for an aggregate stage that writes no such report."""
+    out = []
+    for node in graph.nodes.values():
+        if getattr(node.stage, "scope", "run") != "experiment":
+            continue
+        base = store.node_dir(node.stage.name, node.key)
+        html = base / "report" / "report.html"
+        out.append((node, html if html.is_file() or not store.is_complete(node.stage.name, node.key, 0) else base))
+    return out
+
+
+def _say_report(console: Console, graph: Graph, store: Store, queued: set[str]) -> None:
+    """The last line of a submit: where the report is ("report: PATH") once its node is complete,
+    or where it will be ("report (when done): PATH") while a scheduler has its tasks queued."""
+    for node, path in report_paths(graph, store):
+        tasks = [f"{node.id}/{i:05d}" for i in range(node.size)]
+        if all(store.is_complete(node.stage.name, node.key, i) for i in range(node.size)):
+            console.print(f"report: {path}", highlight=False, markup=False)
+        elif any(t in queued for t in tasks):
+            console.print(f"report (when done): {path}", highlight=False, markup=False)
 
 
 def _describe(console: Console, graph: Graph, todo: Todo, executor: str, *, dry_run: bool,

@@ -9,6 +9,7 @@ done, with exit code 1 if anything failed.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -16,8 +17,10 @@ import time
 from dataclasses import dataclass
 
 import submitit
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hpcgen.config import Experiment
 from hpcgen.config.schema import signal_delay
 from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
 from hpcgen.pipeline.runner import TaskRunner, TaskSpec
@@ -29,6 +32,16 @@ class _Running:
     spec: TaskSpec
     job: submitit.Job
     cpus: int
+
+
+def logs_command(task_id: str, exp: Experiment) -> str:
+    """The ``hpcgen logs`` command line that prints a task's logs, ready to paste into a shell:
+    ``hpcgen logs train/3f2a1b2c4d5e6f70/00000 -f m9.yaml`` (with the submit's ``--set``, which
+    the task's key depends on)."""
+    words = ["hpcgen", "logs", task_id, "-f", str(exp.file)]
+    for override in exp.overrides:
+        words += ["--set", override]
+    return shlex.join(words)
 
 
 class LocalExecutor(Executor):
@@ -130,9 +143,8 @@ class LocalExecutor(Executor):
             return 2
         if failed:
             first = next(t for t, why in failed.items() if not why.startswith("not run"))
-            self.console.print(
-                f"[red]{len(failed)} task(s) failed[/], e.g. {first}: {failed[first]}\n"
-                f"  logs: hpcgen logs {first} -f {self.exp.file}")
+            self.console.print(f"[red]{len(failed)} task(s) failed[/], e.g. {escape(first)}: {escape(failed[first])}")
+            self.console.print(f"  logs: {logs_command(first, self.exp)}", highlight=False, markup=False)
             return 1
         self.console.print(f"[green]all {len(done)} task(s) done[/]")
         return 0
