@@ -123,7 +123,7 @@ def test_image_digest_is_computed_once_per_version_of_the_file(tmp_path, monkeyp
     rebuilt = images.describe(spec)
     assert rebuilt["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest() != first["sha256"]
     assert len(hashed) == 2
-    cache = json.loads((tmp_path / "cache" / "hpcgen" / "image-digests.json").read_text())
+    cache = json.loads((tmp_path / "cache" / "hpcgen" / "digests.json").read_text())  # hpcgen.pipeline.fingerprint
     assert list(cache.values()) == [rebuilt["sha256"]], "stale entries of the same path are dropped"
 
 

@@ -260,6 +260,8 @@ def _labels(paths: list[str]) -> dict[str, str]:
 
 
 IDENTITY_EXCLUDED = ("name", "output_dir", "cluster")
+#: the dump context of identities: local inputs by content (see ``hpcgen.config.schema._portable``)
+PORTABLE = {"portable": True}
 
 
 def canonical_json(obj: Any) -> str:
@@ -267,10 +269,13 @@ def canonical_json(obj: Any) -> str:
 
 
 class SectionJSON:
-    """Canonical JSON of config sections (without scheduler resources), cached per object.
+    """Canonical JSON of config sections (without scheduler resources), cached per object: what
+    run ids and stage keys hash.
 
     Runs of a matrix share section objects wherever they agree, so a 10,000-run matrix dumps
     each distinct section once. Entries hold a reference to the object, so ids stay valid.
+    Local inputs (``InputPath``, ``ModelRef``) dump as ``content:<sha256>``, not as their
+    absolute paths (``hpcgen.pipeline.fingerprint``): a copied checkout keeps its ids and keys.
     """
 
     def __init__(self) -> None:
@@ -282,7 +287,8 @@ class SectionJSON:
             return hit[1]
         if hasattr(obj, "model_dump"):
             fields = type(obj).model_fields
-            data = obj.model_dump(mode="json", exclude={"resources"} if "resources" in fields else None)
+            data = obj.model_dump(mode="json", exclude={"resources"} if "resources" in fields else None,
+                                  context=PORTABLE)
         else:
             data = obj
         text = canonical_json(data)

@@ -20,6 +20,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    SerializationInfo,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -81,7 +83,39 @@ def _input_path(value: str, info: ValidationInfo) -> str:
     return str(path if path.is_absolute() else (Path(base) / path).resolve())
 
 
-InputPath = Annotated[str, AfterValidator(_input_path)]
+def _portable(value: str, info: SerializationInfo) -> str:
+    """In keys and run ids (dumps with ``context={"portable": True}``) a local input is its
+    content, ``content:<sha256>``, never its absolute path: a copied checkout keeps its keys."""
+    if (info.context or {}).get("portable"):
+        from hpcgen.pipeline.fingerprint import portable
+
+        return portable(value)
+    return value
+
+
+InputPath = Annotated[str, AfterValidator(_input_path), PlainSerializer(_portable)]
+
+
+def _model_ref(value: str, info: ValidationInfo) -> str:
+    """A model by hub name or by directory. A directory is named like every input path: relative
+    to the file that names it (``./models/llama`` or ``models/llama`` when that exists there),
+    absolute, or ``~/...``; anything else is a hub name, kept as written."""
+    _no_control(value)
+    base = (info.context or {}).get("base_dir")
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if base is None:
+        return value
+    local = Path(base) / path
+    if value.startswith(("./", "../")) or local.exists():
+        return str(local.resolve())
+    return value
+
+
+ModelRef = Annotated[str, AfterValidator(_model_ref), PlainSerializer(_portable)]
 
 
 def _profile_ref(value: str, info: ValidationInfo) -> str:
@@ -91,7 +125,7 @@ def _profile_ref(value: str, info: ValidationInfo) -> str:
 
     context = info.context or {}
     path = profiles.resolve(value, context.get("base_dir"))
-    profiles.load(path, context.get("stages"))  # errors inside the profile name its own file and line
+    profiles.load(path, context.get("stages"), context.get("stage_aliases"))  # errors name the profile's line
     return str(path)
 
 

@@ -40,7 +40,7 @@ class Source(Model):
         raise NotImplementedError
 
     def fingerprint(self) -> list[str]:
-        """What the inputs look like now (names, sizes, times): part of the stage key."""
+        """What the inputs are now (their content, never where they lie): part of the stage key."""
         return []
 
     def estimate_records(self, train_cap: int, test_cap: int) -> int | None:
@@ -61,15 +61,16 @@ class LocalSource(Source):
             raise ConfigError(f"{self.path!r} not found", key=f"{key}.path", fix="check the path")
 
     def fingerprint(self) -> list[str]:
+        """``content:<sha256>`` of the file or directory (each file hashed once, then cached by
+        path, size and mtime: ``hpcgen.pipeline.fingerprint``); a hub path as it is."""
         if self.is_hub():
             return [self.path]
-        root = Path(self.path)
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        out = []
-        for p in files:
-            st = p.stat()
-            out.append(f"{p.relative_to(root) if p != root else p.name}:{st.st_size}:{st.st_mtime_ns}")
-        return out
+        from hpcgen.pipeline.fingerprint import PREFIX, content_digest
+
+        try:
+            return [PREFIX + content_digest(self.path)]
+        except OSError:  # missing: check() says so
+            return []
 
 
 class RecordSource(LocalSource):

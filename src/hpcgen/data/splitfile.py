@@ -177,12 +177,13 @@ def apply_split(examples: Iterable[Example], split: TaskSplit, *, label: str, ke
 
 
 def split_fingerprint(path: str | None) -> list[str]:
-    """Sizes and times of the split file(s): part of the stage key, like the data's own files."""
+    """The content (sha256) of the split file(s): part of the stage key, like the data's own files."""
     if path is None:
         return []
+    from hpcgen.pipeline.fingerprint import file_digest
+
     root = Path(path)
-    if root.is_dir():
-        files = [root / n for n in ("test_tasks.txt", "train_tasks.txt") if (root / n).is_file()]
-    else:
-        files = [root] if root.is_file() else []
-    return [f"split_file:{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    if root.is_dir():  # the names say which list is which
+        return [f"split_file:{n}:content:{file_digest(root / n)}" for n in ("test_tasks.txt", "train_tasks.txt")
+                if (root / n).is_file()]
+    return [f"split_file:content:{file_digest(root)}"] if root.is_file() else []

@@ -2,10 +2,10 @@
 the image for the completion markers.
 
 At submit time the image is checked, hashed (sha256, cached by path, size and mtime, since an
-image is several GB) and its labels read with ``apptainer inspect``; every task carries that
-description. Inside the job Apptainer itself says which image is running (``APPTAINER_CONTAINER``)
-and what its labels are (``/.singularity.d/labels.json``); the marker keeps both, so a marker
-shows what was asked for and what actually ran.
+image is several GB: ``hpcgen.pipeline.fingerprint``) and its labels read with ``apptainer
+inspect``; every task carries that description. Inside the job Apptainer itself says which image
+is running (``APPTAINER_CONTAINER``) and what its labels are (``/.singularity.d/labels.json``);
+the marker keeps both, so a marker shows what was asked for and what actually ran.
 """
 
 from __future__ import annotations
@@ -59,29 +59,13 @@ def visible_inside(path: Path, container: Container) -> bool:
     return any(target == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in target.parents for r in roots)
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hpcgen" / "image-digests.json"
-
-
 def image_digest(path: Path) -> str:
-    """sha256 of an image file, computed once per (path, size, mtime) and cached."""
-    from hpcgen.pipeline.store import read_json, sha256_file, write_json
+    """sha256 of an image file, computed once per (path, size, mtime) and cached, like every
+    input's digest (``hpcgen.pipeline.fingerprint``; an unwritable cache only costs the next
+    submit another pass over the image)."""
+    from hpcgen.pipeline.fingerprint import file_digest
 
-    st = path.stat()
-    ident = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache = _cache_file()
-    known = read_json(cache) or {}
-    if isinstance(known.get(ident), str):
-        return known[ident]
-    digest = sha256_file(path)
-    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # drop stale entries
-    known[ident] = digest
-    try:
-        write_json(cache, known)
-    except OSError:
-        pass  # an unwritable cache only costs the next submit another pass over the image
-    return digest
+    return file_digest(path)
 
 
 def image_labels(path: Path) -> dict[str, str] | None:

@@ -1,8 +1,10 @@
 """From runs to a graph of stage nodes, deduplicated by key.
 
 A node's key hashes the stage's name and version, the config sections it reads (without
-scheduler resources) and the keys of its upstream nodes. Runs that agree on all of that share
-the node: five arrangements of one dataset embed it once.
+scheduler resources), the stage's input fingerprint and the keys of its upstream nodes. Runs that
+agree on all of that share the node: five arrangements of one dataset embed it once. Local input
+files enter by content, not by absolute path (``hpcgen.pipeline.fingerprint``), so a copied or
+moved checkout has the same keys and finds its store complete.
 """
 
 from __future__ import annotations
