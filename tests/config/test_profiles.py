@@ -60,7 +60,7 @@ def test_one_line_moves_the_experiment_between_clusters(pipeline, write_exp):
         assert res["evaluate"].time == 30
 
 
-def test_precedence_stage_defaults_profile_cluster_stage(pipeline, write_exp, tmp_path):
+def test_precedence_stage_defaults_cluster_profile_stage(pipeline, write_exp, tmp_path):
     (tmp_path / "site.yaml").write_text("""
 description: a test site
 defaults: {partition: small, cpus: 3, mem: 2G, time: 10}
@@ -73,15 +73,19 @@ name: layered
 output_dir: out
 cluster:
   profile: site.yaml          # relative to this file
-  mem: 4G
+  mem: 4G                     # the profile sets mem: it wins
+  account: lab7               # the profile says nothing: this applies
+  gpus: 0                     # under the profile's train entry
 train:
   resources: {gpus: 4, tasks_per_node: 4, sbatch: {constraint: h100}}
 """)
     res = resources_of(path, pipeline)
     stock = pipeline["prepare"].defaults
-    # profile over the stage's own needs; cluster over the profile; stage section over both
+    # cluster over the stage's own needs; the profile over the cluster; the stage section over all
     assert (res["prepare"].partition, res["prepare"].cpus, res["prepare"].time) == ("small", 3, 10)
-    assert res["prepare"].mem == 4096 and res["prepare"].tasks_per_node == stock.tasks_per_node
+    assert res["prepare"].mem == 2048 and res["prepare"].tasks_per_node == stock.tasks_per_node
+    assert all(r.account == "lab7" for r in res.values())
+    assert res["evaluate"].gpus == 0
     assert (res["train"].partition, res["train"].gpus, res["train"].tasks_per_node) == ("big", 4, 4)
     assert res["train"].sbatch == {"constraint": "h100", "exclusive": True}
     assert res["evaluate"].cpus == 5 and res["evaluate"].partition == "small"

@@ -119,3 +119,33 @@ def test_empty_split_after_filtering_is_an_error(tmp_path):
     cfg = DataConfig.model_validate({"sources": [{"format": "jsonl", "path": str(path), "split_field": "split"}]})
     with pytest.raises(ConfigError, match="the test split is empty after filtering"):
         prepare_examples(cfg)
+
+
+def test_mixture_without_weights_uses_every_source_whole_or_a_uniform_share():
+    a, b = ShareGPTSource(path="a", name="a"), ShareGPTSource(path="b", name="b")
+    items_a = [ex(f"a{i}", source="a") for i in range(20)]
+    items_b = [ex(f"b{i}", source="b") for i in range(1780)]
+    assert Counter(e.source for e in mix([(a, items_a), (b, items_b)], train_size=None, seed=0)) == {
+        "a": 20, "b": 1780}
+    # train_size without weights: each source in proportion to its size, not cut to the smallest
+    out = mix([(a, items_a), (b, items_b)], train_size=900, seed=0)
+    assert Counter(e.source for e in out) == {"a": 10, "b": 890}
+    with pytest.raises(ConfigError, match="train_size 3600 asks for"):
+        mix([(a, items_a), (b, items_b)], train_size=3600, seed=0)
+
+
+def test_a_weight_on_some_sources_only_is_refused_at_plan(write_exp):
+    from hpcgen.config import load_experiment
+    from hpcgen.stages import default_pipeline
+
+    path = write_exp("""
+name: mixture
+output_dir: out
+data:
+  sources:
+    - {format: niv2, path: %s}
+    - {format: rewriting, instructions: 20, examples_per_instruction: 5, weight: 2}
+""" % (ROOT / "examples" / "data" / "niv2-sample"))
+    with pytest.raises(ConfigError, match=r"sources\[1\] has a weight but sources\[0\] has none") as info:
+        load_experiment(path, default_pipeline(), check_output=False)
+    assert "\n" not in str(info.value)

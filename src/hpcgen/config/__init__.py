@@ -72,8 +72,9 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
     """
     path = Path(path)
     model = experiment_model(pipeline.sections())
-    doc = yamlio.load(path)
-    data = dict(doc.data)
+    aliases = section_aliases(pipeline)
+    doc = yamlio.load(path, aliases=aliases)
+    data = rebase_paths(dict(doc.data), doc, model, path)
     raw_matrix = data.pop("matrix", None)
     for key in data:
         if key not in RESERVED and key not in model.model_fields:
@@ -86,9 +87,15 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
         data = presets.apply({k: v for k, v in data.items() if k != "preset"}, data["preset"], doc.where(("preset",)))
     matrix = parse_matrix(doc, raw_matrix, model)
     for text in overrides:
-        key, value = parse_override(text, model)
+        key, value = parse_override(yamlio._canonical_dotted(text.strip(), aliases), model)
+        # what the override sets is the command line's, not the file's: errors name --set
+        keypath = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        for known in [k for k in doc.origins if k[:len(keypath)] == keypath]:
+            del doc.origins[known]
+        doc.origins[keypath] = ("--set", None)
         for axis in matrix.axes:
             if key in axis.paths:  # an override of an axis pins it
+                axis.origin = ("--set", None)
                 i = axis.paths.index(key)
                 if len(axis.paths) == 1 and axis.labels is None:
                     axis.values = [(value,)]
@@ -104,7 +111,8 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
                         raise ConfigError(f"{value!r} is not one of the values of its zip group",
                                           file="--set", key=key, fix="pick a value from the zip group")
         data = set_path(data, key, value)
-    runs = expand(doc, data, matrix, model, {"base_dir": str(path.resolve().parent), "stages": list(pipeline.order)})
+    runs = expand(doc, data, matrix, model, {"base_dir": str(path.resolve().parent), "stages": list(pipeline.order),
+                                                  "stage_aliases": {v: k for k, v in aliases.items()}})
     first: Any = runs[0].config
     root = Path(first.output_dir)
     if not root.is_absolute():
@@ -114,6 +122,90 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
     if check_output:
         check_writable(root, doc.where(("output_dir",)))
     return exp
+
+
+def section_aliases(pipeline: Pipeline) -> dict[str, str]:
+    """Other names of a stage's section: the stage's own name (``evaluate`` for ``eval``,
+    ``prepare`` for ``data``, ``aggregate`` for ``report``)."""
+    return {s.name: s.section for s in pipeline if s.section and s.section != s.name}
+
+
+def _path_kind(parent: Any, key: str) -> str | None:
+    """``"input"``, ``"model"`` or ``"profile"`` when field ``key`` of the model (or union of
+    models) ``parent`` is an InputPath / ModelRef / ProfileRef (Optional or not), else None."""
+    import types
+    import typing
+
+    from hpcgen.config import schema
+
+    def kind_of(annotation: Any, metadata: list) -> str | None:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            return next((k for a in typing.get_args(annotation) if (k := kind_of(a, []))), None)
+        if origin is typing.Annotated:
+            metadata = [*metadata, *typing.get_args(annotation)[1:]]
+        for meta in metadata:
+            func = getattr(meta, "func", None)
+            if func is schema._input_path:
+                return "input"
+            if func is schema._model_ref:
+                return "model"
+            if func is schema._profile_ref:
+                return "profile"
+        return None
+
+    members = getattr(parent, "members", None) or [parent]
+    for member in members:
+        fields = getattr(member, "model_fields", None)
+        if isinstance(fields, dict) and key in fields:
+            kind = kind_of(fields[key].annotation, list(fields[key].metadata))
+            if kind:
+                return kind
+    return None
+
+
+def rebase_paths(data: dict[str, Any], doc: yamlio.Document, model: type[BaseModel], path: Path) -> dict[str, Any]:
+    """Relative paths are relative to the file that writes them: a data directory, split file,
+    image or model directory named in an included file (``include: [../base.yaml]``) is resolved
+    against that file's folder here, before validation resolves the experiment file's own against
+    its folder. A model name that is no path there (``gpt2``) stays a hub name, a profile name
+    without ``/`` or ``.yaml`` a bundled profile."""
+    from hpcgen.config.schema import _unwrap, child_schema
+
+    home = path.resolve().parent
+
+    def walk(node: Any, value: Any, keypath: tuple, parent: Any = None) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                ok, child = child_schema(node, str(k)) if node is not None else (False, None)
+                out[k] = walk(child if ok else None, v, keypath + (k,), _unwrap(node) if node is not None else None)
+            return out
+        if isinstance(value, list):
+            out_list = []
+            for i, v in enumerate(value):
+                ok, child = child_schema(node, str(i)) if node is not None else (False, None)
+                out_list.append(walk(child if ok else None, v, keypath + (i,)))
+            return out_list
+        if not isinstance(value, str) or parent is None or "://" in value:
+            return value
+        kind = _path_kind(parent, str(keypath[-1]))
+        if kind is None or Path(value).expanduser().is_absolute():
+            return value
+        file, _ = doc.where(keypath)
+        if not file or file == "--set":
+            return value
+        folder = Path(file).resolve().parent
+        if folder == home:
+            return value
+        local = folder / value
+        if kind == "model" and not (value.startswith(("./", "../")) or local.exists()):
+            return value
+        if kind == "profile" and "/" not in value and not value.endswith((".yaml", ".yml")):
+            return value  # a bundled profile's name
+        return str(local.resolve())
+
+    return walk(model, data, ())
 
 
 def check_writable(root: Path, origin: tuple[str | None, int | None] = (None, None)) -> None:

@@ -67,8 +67,12 @@ class Profile(Model):
     defaults: Resources = Field(default_factory=Resources, description="every stage")
     stages: dict[str, Resources] = Field(default_factory=dict, description="per stage, over defaults")
 
-    def for_stage(self, stage: str) -> Resources:
-        return layered(self.defaults, self.stages.get(stage))
+    def for_stage(self, stage: str, section: str | None = None) -> Resources:
+        """The resources of ``stage``, whose entry may also be named by its ``section``."""
+        entry = self.stages.get(stage)
+        if entry is None and section:
+            entry = self.stages.get(section)
+        return layered(self.defaults, entry)
 
 
 def chosen(own: Resources | None, cluster: Resources) -> str | None:
@@ -93,21 +97,31 @@ def resolve(ref: str, base_dir: str | None) -> Path:
     return path.resolve()
 
 
-def load(path: str | Path, stages: list[str] | None = None) -> Profile:
-    """A validated profile; errors name the profile file and line."""
+def load(path: str | Path, stages: list[str] | None = None, aliases: dict[str, str] | None = None) -> Profile:
+    """A validated profile; errors name the profile file and line. ``aliases`` maps other names
+    of a stage (its section's: ``eval``) to the stage (``evaluate``); entries are stored under
+    the stage's name."""
     path = Path(path)
     st = path.stat()
-    return _load(str(path), st.st_mtime_ns, st.st_size, tuple(stages) if stages else None)
+    return _load(str(path), st.st_mtime_ns, st.st_size, tuple(stages) if stages else None,
+                 tuple(sorted((aliases or {}).items())))
 
 
 @lru_cache(maxsize=64)
-def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None) -> Profile:
+def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None,
+          aliases: tuple[tuple[str, str], ...] = ()) -> Profile:
     doc = yamlio.load(path)
     profile = validate(Profile, doc.data, doc.where)
-    if stages is not None:
-        for name in profile.stages:
-            if name not in stages:
-                file, line = doc.where(("stages", name))
-                raise ConfigError(f"no stage {name!r} in this pipeline", file=file, line=line,
-                                  key=f"stages.{name}", fix=suggest(name, list(stages)) or "remove it")
-    return profile
+    other = dict(aliases)
+    entries: dict[str, Resources] = {}
+    for name, entry in profile.stages.items():
+        stage = other.get(name, name)
+        file, line = doc.where(("stages", name))
+        if stages is not None and stage not in stages:
+            raise ConfigError(f"no stage {name!r} in this pipeline", file=file, line=line, key=f"stages.{name}",
+                              fix=suggest(name, [*stages, *other]) or "remove it")
+        if stage in entries:
+            raise ConfigError(f"stage {stage!r} is given twice ({name!r} is another name for it)", file=file,
+                              line=line, key=f"stages.{name}", fix="keep one entry")
+        entries[stage] = entry
+    return profile.model_copy(update={"stages": entries})

@@ -142,8 +142,58 @@ def _layer(merged: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], data
     return _merge(merged, data)
 
 
-def load(path: str | Path, _stack: tuple[Path, ...] = ()) -> Document:
-    """Load an experiment file and everything it includes."""
+def _canonical_dotted(key: str, aliases: dict[str, str]) -> str:
+    head, dot, rest = key.partition(".")
+    return aliases.get(head, head) + dot + rest
+
+
+def _renamed(data: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], aliases: dict[str, str],
+             file: str) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int]]]:
+    """One file's data with every alias of a section (``evaluate:`` for ``eval:``) written as the
+    section's own name: at the top level and in the matrix's dotted keys (axes, zip groups and
+    exclude entries). Both spellings in one place is refused."""
+    if not aliases:
+        return data, origins
+    mapping: dict[KeyPath, KeyPath] = {}
+
+    def rename(obj: dict[str, Any], at: KeyPath, dotted_keys: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            new = _canonical_dotted(key, aliases) if dotted_keys else aliases.get(key, key)
+            if new in out:
+                line = origins.get(at + (key,), (file, None))[1]
+                raise ConfigError(f"both {key!r} and {new!r} are given", file=file, line=line,
+                                  key=dotted(at + (key,)), fix=f"{key!r} is another name for {new!r}: keep one")
+            if new != key:
+                mapping[at + (key,)] = at + (new,)
+            out[new] = value
+        return out
+
+    data = rename(data, (), False)
+    matrix = data.get("matrix")
+    if isinstance(matrix, dict):
+        matrix = rename(matrix, ("matrix",), True)
+        for group in ("zip", "exclude"):
+            entries = matrix.get(group)
+            if isinstance(entries, list):
+                matrix[group] = [rename(e, ("matrix", group, i), True) if isinstance(e, dict) else e
+                                 for i, e in enumerate(entries)]
+        data["matrix"] = matrix
+    if mapping:
+        moved: dict[KeyPath, tuple[str, int]] = {}
+        for keypath, origin in origins.items():
+            for old, new in mapping.items():
+                if keypath[:len(old)] == old:
+                    keypath = new + keypath[len(old):]
+                    break
+            moved[keypath] = origin
+        origins = moved
+    return data, origins
+
+
+def load(path: str | Path, _stack: tuple[Path, ...] = (), aliases: dict[str, str] | None = None) -> Document:
+    """Load an experiment file and everything it includes. ``aliases`` maps other names of a
+    top-level section to the section (``{"evaluate": "eval"}``), in every file."""
     path = Path(path)
     resolved = path.resolve()
     if resolved in _stack:
@@ -151,8 +201,9 @@ def load(path: str | Path, _stack: tuple[Path, ...] = ()) -> Document:
         raise ConfigError(f"include cycle: {chain}", file=_display(_stack[-1]), key="include",
                           fix="remove one of the includes")
     data, origins = _parse(path)
-    includes = data.pop("include", [])
     file = _display(path)
+    data, origins = _renamed(data, origins, aliases or {}, file)
+    includes = data.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
@@ -167,7 +218,7 @@ def load(path: str | Path, _stack: tuple[Path, ...] = ()) -> Document:
             line = origins.get(("include", i), origins.get(("include",), (file, None)))[1]
             raise ConfigError(f"included file {inc!r} not found", file=file, line=line,
                               key="include", fix="paths are relative to the including file")
-        sub = load(inc_path, _stack + (resolved,))
+        sub = load(inc_path, _stack + (resolved,), aliases)
         merged = _layer(merged, merged_origins, sub.data, sub.origins)
     merged = _layer(merged, merged_origins, data, {k: v for k, v in origins.items() if k != ("include",)})
     return Document(data=merged, origins=merged_origins, path=path)

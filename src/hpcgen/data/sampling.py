@@ -96,12 +96,16 @@ def decontaminate(train: list[Example], test: list[Example], *, allow: bool) -> 
 
 
 def mix(train_by_source: list[tuple[Source, list[Example]]], *, train_size: int | None, seed: int) -> list[Example]:
-    """The training set of a mixture.
+    """The training set of a mixture, in three steps:
 
-    First each source keeps ``fraction`` of its training items. Then, if any source has a
-    ``weight`` or ``train_size`` is set, sources contribute in proportion to their weights
-    (default 1): ``train_size`` items in all, or else the most that the proportions allow.
-    Without weights the sources are simply concatenated.
+    1. each source keeps ``fraction`` of its training items (a seeded subset);
+    2. without weights, every source contributes all it kept; ``train_size`` then takes that many
+       items, each source in proportion to its size (a uniform subset of the whole);
+    3. with a ``weight`` on every source (a weight on some only is refused at plan), sources
+       contribute in proportion to their weights: ``train_size`` items in all, or else the most the
+       proportions allow (the source with the fewest items per unit of weight is used whole).
+
+    A source asked for more than it has is refused in one line.
     """
     kept: list[tuple[Source, list[Example]]] = []
     for source, items in train_by_source:
@@ -110,13 +114,14 @@ def mix(train_by_source: list[tuple[Source, list[Example]]], *, train_size: int 
             picked = set(rng(seed, "fraction", source.label()).sample(range(len(items)), n))
             items = [e for i, e in enumerate(items) if i in picked]
         kept.append((source, items))
-    if train_size is None and all(s.weight is None for s, _ in kept):
+    weighted = any(s.weight is not None for s, _ in kept)
+    if train_size is None and not weighted:
         return [e for _, items in kept for e in items]
-    weights = [s.weight or 1.0 for s, _ in kept]
-    total_w = sum(weights)
+    weights = [(s.weight or 1.0) if weighted else float(len(items)) for s, items in kept]
+    total_w = sum(weights) or 1.0
     shares = [w / total_w for w in weights]
     if train_size is None:
-        train_size = int(min(len(items) / share for (_, items), share in zip(kept, shares)))
+        train_size = int(min(len(items) / share for (_, items), share in zip(kept, shares) if share > 0))
     counts = [int(train_size * share) for share in shares]
     by_remainder = sorted(range(len(counts)), key=lambda i: -(train_size * shares[i] - counts[i]))
     for i in by_remainder[: train_size - sum(counts)]:
@@ -124,8 +129,9 @@ def mix(train_by_source: list[tuple[Source, list[Example]]], *, train_size: int 
     out: list[Example] = []
     for (source, items), n in zip(kept, counts):
         if n > len(items):
-            raise ConfigError(f"source {source.label()!r} has {len(items)} training items but its weight asks "
-                              f"for {n}", key="data.train_size", fix="lower train_size or that source's weight")
+            asks = "its weight asks" if weighted else f"train_size {train_size} asks"
+            raise ConfigError(f"source {source.label()!r} has {len(items)} training items but {asks} for {n}",
+                              key="data.train_size", fix="lower train_size or that source's weight")
         picked = set(rng(seed, "mix", source.label()).sample(range(len(items)), n))
         out += [e for i, e in enumerate(items) if i in picked]
     return out

@@ -120,14 +120,17 @@ class Stage:
         return 1
 
     def resources(self, cfg: SectionView, cluster: Resources) -> Resources:
-        """What one task asks for. Lowest first: these defaults, the resource profile (the
-        stage's own ``resources.profile``, else ``cluster.profile``), the ``cluster`` section,
-        the stage section's ``resources``."""
+        """What one task asks for. Lowest first: these defaults, the ``cluster`` section, the
+        resource profile (the stage's own ``resources.profile``, else ``cluster.profile``), the
+        stage section's ``resources``. The more specific wins: a profile says what each stage
+        needs on one cluster shape, so it overrides experiment-wide values, and a stage's own
+        ``resources`` override the profile."""
         from hpcgen.config import profiles
 
         own = cfg[self.section].resources if self.section else None
         profile = profiles.chosen(own, cluster)
-        return layered(self.defaults, profiles.load(profile).for_stage(self.name) if profile else None, cluster, own)
+        chosen = profiles.load(profile).for_stage(self.name, self.section) if profile else None
+        return layered(self.defaults, cluster, chosen, own)
 
     def estimate(self, cfg: SectionView, size: int, upstream: dict[str, list[Any]] | None = None) -> Estimate:
         """What ``plan`` adds up for this node (GPU-hours, checkpoint disk, records it holds)."""

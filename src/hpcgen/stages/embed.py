@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from hpcgen import __version__
-from hpcgen.config.schema import Resources, SafeStr, StageConfig
+from hpcgen.config.schema import ModelRef, Resources, StageConfig
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Stage, Task
 from hpcgen.similarity.h5 import STR, bounds, shard_name
@@ -32,7 +32,7 @@ class DataError(ConfigError):
 
 
 class EmbedConfig(StageConfig):
-    model: SafeStr = Field(DEFAULT_MODEL, description="sentence-transformers name or directory")
+    model: ModelRef = Field(DEFAULT_MODEL, description="sentence-transformers name or directory")
     shards: int | None = Field(None, ge=1, description="array tasks (default: from shard_size, else 1)")
     shard_size: int | None = Field(None, ge=1, description="target records per shard")
     batch_size: int = Field(64, ge=1)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from hpcgen.config.schema import Resources, StageConfig
+from hpcgen.config.schema import ModelRef, Resources, StageConfig
 from hpcgen.pipeline.stage import Stage, Task
 from hpcgen.similarity.h5 import STR
 
@@ -49,7 +49,7 @@ class EvalConfig(StageConfig):
                                      "without generating (every answer token the argmax: see record_losses); "
                                      "stored as exact_match, or as exact_match_forced beside a generated one")
     max_new_tokens: int = Field(64, ge=1)
-    reward_model: str | None = Field(None, description="a sequence-classification model scoring the answers "
+    reward_model: ModelRef | None = Field(None, description="a sequence-classification model scoring the answers "
                                      "(e.g. UltraRM-13B on a cluster); needs generate")
     reward_template: str = "Human: {prompt}\n\nAssistant: {answer}"
 

@@ -42,7 +42,8 @@ class DataConfig(StageConfig):
     max_per_test_task: int = Field(5, ge=1, description="M: items per test task")
     test_size: int = Field(200, ge=1, description="K: test items of a source without tasks")
     generalist_size: int = Field(120, ge=0, description="G: random test items of the generalist subset")
-    train_size: int | None = Field(None, ge=1, description="size of a weighted mixture's training set")
+    train_size: int | None = Field(None, ge=1, description="training items of a mixture (default: every source "
+                                   "whole; with weights: the most the weights allow)")
     allow_contamination: bool = Field(False, description="keep training items that equal a test item")
     seed: int = 0
 
@@ -54,6 +55,11 @@ class DataConfig(StageConfig):
             raise ValueError(f"two sources are labelled {dupes[0]!r}: give each a distinct name")
         for key in ("template", "embed_template"):
             render(getattr(self, key), "p", "a", f"data.{key}")
+        weighted = [i for i, s in enumerate(self.sources) if s.weight is not None]
+        if weighted and len(weighted) < len(self.sources):
+            missing = next(i for i in range(len(self.sources)) if i not in weighted)
+            raise ValueError(f"sources[{weighted[0]}] has a weight but sources[{missing}] has none: a weighted "
+                             "mixture needs a weight on every source (or none on any, to use every source whole)")
         return self
 
 
@@ -126,6 +132,8 @@ class Prepare(Stage):
         return Estimate(records=total)
 
     def fingerprint(self, cfg) -> list[str]:
+        """Each source's inputs by content (``content:<sha256>``), never by path or time: a copied
+        checkout finds its records, a changed file makes new ones."""
         return [line for source in cfg.data.sources for line in source.fingerprint()]
 
     def run(self, task: Task) -> None:

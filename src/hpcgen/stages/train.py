@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from hpcgen.config.schema import Model, Resources, SafeStr, StageConfig
+from hpcgen.config.schema import Model, ModelRef, Resources, SafeStr, StageConfig
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Estimate, Stage, Task
 
@@ -66,7 +66,9 @@ class LoraSettings(Model):
 class TrainConfig(StageConfig):
     preset: Literal["none", "llama2-7b", "gpt2-rewriting", "demo"] = Field(
         "none", description="the seed papers' settings; keys set here win")
-    model: SafeStr | None = Field(None, description="a pretrained causal LM (name or path); None: from scratch")
+    model: ModelRef | None = Field(
+        None, description="a pretrained causal LM (hub name, or a directory relative to the experiment file); "
+        "None: from scratch")
     architecture: Literal["llama", "gpt2"] = "llama"
     layers: int = Field(2, ge=1)
     hidden: int = Field(128, ge=8)
@@ -90,7 +92,8 @@ class TrainConfig(StageConfig):
     beta2: float = 0.95
     grad_clip: float = Field(1.0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
-    deepspeed: str = Field("zero2", description="a preset in jobs/deepspeed/ or a path to a DeepSpeed config")
+    # a preset name, or a JSON file relative to the experiment file (named like a model directory)
+    deepspeed: ModelRef = Field("zero2", description="a preset in jobs/deepspeed/ or a path to a DeepSpeed config")
     deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
     save_every: int = Field(10, ge=1, description="steps between evaluation snapshots")
     resume_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
