@@ -263,26 +263,22 @@ def train(d: dict) -> Row:
 
 
 def default_experiment(d: dict) -> Row:
-    per, before = d["per_run_s"], d.get("before")
+    per = d["per_run_s"]
     what = d["what"]
     command, _, how = what.partition(" from ")
-    text = (f"the default experiment ({d['runs']} runs) from {how or 'nothing'}: {minutes(d['wall_s'])} "
-            f"({check(d, 'wall_s', d['wall_s'], DEFAULT_WALL)}); train {span(per['train'], 's')} and evaluate "
-            f"{span(per['evaluate'], 's')} a run; time by stage, summed over its tasks: "
-            + ", ".join(f"{k} {sec(v)}" for k, v in d["stage_cpu_s"].items()))
-    if before:
-        text += (f". Before: {before['runs']} runs in {minutes(before['wall_s'])}, train "
-                 f"{span(before['train_per_run_s'], 's')} and evaluate {span(before['evaluate_per_run_s'], 's')} "
-                 f"a run ({before['note']})")
-    for key, deltas in d.items():
-        m = re.fullmatch(r"early_(\d+)pct_delta_vs_rt", key)
-        if m:
-            text += (f". Mean test loss over the first {m.group(1)} % of steps against RT: "
-                     + ", ".join(f"{k} {num(v, 3)}" for k, v in deltas.items()))
-    if "rt_seeds" in d:
-        s = d["rt_seeds"]
-        text += f" (RT: {s['n']} seeds, std {num(s['std'], 4)}, spread {num(s['spread'], 4)})"
-    return f"`{command}`", machine(d), text
+    text = (f"the default experiment ({d['runs']} runs) from {how or 'nothing'}, {d.get('note', '')}: "
+            f"{minutes(d['wall_s'])} ({check(d, 'wall_s', d['wall_s'], DEFAULT_WALL)}); train "
+            f"{span(per['train'], 's')} and evaluate {span(per['evaluate'], 's')} a run, embed "
+            f"{span(d['embed_shard_s'], 's')} a shard; time by stage, summed over its tasks: "
+            + ", ".join(f"{k} {sec(v)}" for k, v in d["stage_task_s"].items()))
+    deltas, base = d.get("early_delta_vs_baseline") or {}, d.get("baseline") or {}
+    if deltas:
+        text += (f". Mean test loss over the first {pct(d['early_fraction'])} of steps against "
+                 f"{base.get('label')}: " + ", ".join(f"{k} {num(v, 3)}" for k, v in deltas.items()))
+    if base.get("seeds"):
+        text += f" ({base['label']}: {base['seeds']} seeds, std {num(base['std'], 4)}, spread {num(base['spread'], 4)})"
+    script = d.get("script")
+    return (f"`{script}`" if script else f"`{command}`"), machine(d), text
 
 
 def paper_figures(d: dict) -> Row:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import io
 import re
 import shlex
@@ -285,11 +284,10 @@ def write_experiment(block: Block, data: dict[str, Any], root: Path) -> tuple[Pa
 
 
 def section_aliases() -> dict[str, str]:
-    """The other names of config sections that the loader accepts (``evaluate`` for ``eval``), if any."""
-    from hpcgen import config
+    """The other names of config sections that the loader accepts (``evaluate`` for ``eval``)."""
+    from hpcgen.config import section_aliases as aliases
 
-    aliases = getattr(config, "section_aliases", None)
-    return aliases(default_pipeline()) if aliases else {}
+    return aliases(default_pipeline())
 
 
 def key_errors(schema: Any, path: str, value: Any) -> list[str]:
@@ -371,10 +369,7 @@ def check_profile(block: Block, tmp_path: Path) -> None:
     stages = list(default_pipeline().order)
     other_names = {section: stage for stage, section in section_aliases().items()}  # eval -> evaluate
     try:
-        if "aliases" in inspect.signature(profiles.load).parameters:
-            profiles.load(path, stages, other_names)
-        else:
-            profiles.load(path, stages)
+        profiles.load(path, stages, other_names)
     except ConfigError as exc:
         pytest.fail(to_readme_lines(f"not a valid resource profile: {exc}", block, 0), pytrace=False)
 
@@ -568,3 +563,42 @@ def test_false_snippets_fail():
         with pytest.raises((pytest.fail.Exception, AssertionError)):
             check_options(Command("X.md", 1, argv, " ".join(argv), True), build_parser())
     check_options(Command("X.md", 1, ("submit", "FILE", "[--dry-run]"), "", True), build_parser())
+
+
+# --------------------------------------------------------------------------------------------
+# The default experiment's measured figures
+
+
+def _default_experiment() -> dict:
+    import json
+
+    return json.loads((ROOT / "benchmarks" / "results" / "default_experiment.json").read_text())
+
+
+def test_the_measured_default_run_is_the_default_experiment_of_today():
+    """Its figures hold for the runs ``experiments.yaml`` plans now: change the default (its data,
+    arrangements, model, training) and the run ids differ, so the figures must be measured
+    again (``python benchmarks/default_experiment.py``)."""
+    from hpcgen.config import load_experiment
+
+    recorded = _default_experiment()
+    exp = load_experiment(ROOT / "experiments.yaml", default_pipeline(), check_output=False)
+    assert sorted(recorded["run_ids"]) == sorted(r.id for r in exp.runs), (
+        "experiments.yaml changed since benchmarks/results/default_experiment.json was measured: "
+        "run python benchmarks/default_experiment.py and update the README's figures")
+
+
+def test_the_readme_states_the_measured_default_run():
+    """The README's section between ``<!-- default-experiment -->`` markers gives the measured wall
+    time (``M min S s``), the machine, and every setting's early loss against the baseline, as
+    ``default_experiment.json`` has them (three decimals, signed)."""
+    recorded = _default_experiment()
+    text = (ROOT / "README.md").read_text()
+    parts = re.findall(r"<!-- default-experiment -->(.*?)<!-- /default-experiment -->", text, re.S)
+    assert parts, "README.md has no <!-- default-experiment --> section"
+    section = " ".join(" ".join(parts).split())
+    minutes, seconds = divmod(round(recorded["wall_s"]), 60)
+    assert f"{minutes} min {seconds} s" in section
+    assert f"{recorded['machine']['cores']}-core" in section
+    for label, delta in recorded["early_delta_vs_baseline"].items():
+        assert f"{label} {delta:+.3f}".replace("-", "−") in section.replace("-", "−"), (label, delta)
