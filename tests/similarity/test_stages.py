@@ -120,7 +120,8 @@ def test_stored_matrices_aggregates_and_topk_match_float64(computed):
 def test_missing_model_path_is_exit_2_at_submit(tmp_path, capsys):
     (tmp_path / "exp.yaml").write_text(SMALL.replace("embed: {shards: 3", "embed: {model: ./no-such-model, shards: 3"))
     code, _, err = run(["submit", tmp_path / "exp.yaml"], capsys)
-    assert code == 2 and "exp.yaml:9: embed.model: model path './no-such-model' does not exist" in err
+    # relative to the experiment file, named in full
+    assert code == 2 and f"exp.yaml:9: embed.model: model path '{tmp_path / 'no-such-model'}' does not exist" in err
     assert not (tmp_path / "out").exists()
 
 

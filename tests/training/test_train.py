@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_curve_and_weights(tmp_path):
 
 @pytest.mark.parametrize("change, expected, line", [
     ("architecture: bert", "train.architecture: Input should be 'llama' or 'gpt2'", 10),
-    ("model: ./no-such-model", "train.model: model path './no-such-model' does not exist", 10),
+    ("model: ./no-such-model", "/no-such-model' does not exist", 10),  # named in full, from the file's folder
     ("micro_batch: 5", "micro_batch 5 does not divide global_batch 16", 9),
     ("max_length: 1", "train.max_length: max_length 1 is shorter than every answer", None),
     # caught at plan, before anything runs

@@ -76,7 +76,7 @@ class RewardModel:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=dtype,
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype,
                                                                          output_loading_info=True)
         missing = sorted(info.get("missing_keys") or [])
         if missing:

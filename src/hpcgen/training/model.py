@@ -39,7 +39,7 @@ def build_model(cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, ds_
     try:
         if cfg.model:
             try:
-                model = AutoModelForCausalLM.from_pretrained(cfg.model, torch_dtype=torch.bfloat16 if bf16 else
+                model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if bf16 else
                                                              torch.float32)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot load model {cfg.model!r} ({str(exc).splitlines()[0]})",
@@ -47,7 +47,7 @@ def build_model(cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, ds_
                                   fix="give a local model directory, or run where the hub is reachable") from None
         else:
             config = fresh_config(cfg, vocab_size, pad_id, bos_id, eos_id)
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     finally:
         del hf_ds
     if getattr(cfg, "gradient_checkpointing", False):

@@ -91,7 +91,7 @@ def load_snapshot(path, dtype=None, device="cpu"):
     path = Path(path)
     dtype = dtype or torch.float32
     if not is_adapter(path):
-        return AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device).eval()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     from peft import PeftModel
 
     try:
@@ -107,7 +107,7 @@ def load_snapshot(path, dtype=None, device="cpu"):
         raise ConfigError(f"snapshot {path}: its base model {base} does not exist or holds no model",
                           key="train.model", fix="put the base model back there (the adapter applies to it only)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"snapshot {path}: cannot load its base model {base} ({str(exc).splitlines()[0]})",
                           key="train.model", fix="give the evaluation a local copy of the base model") from None
