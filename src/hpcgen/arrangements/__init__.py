@@ -1,6 +1,7 @@
 """Training-data arrangements: named strategies that turn prepared records (and, for some, the
 similarity outputs) into a training order. Each is a small function registered by name, with
-the paper's definition in its docstring; ``arrange.strategy`` selects one."""
+the paper's definition in its docstring (the data-arrangement paper: He et al., arXiv:2406.11721);
+``arrange.strategy`` selects one."""
 
 from hpcgen.arrangements.strategies import STRATEGIES, Arrangement, Context, register
 

@@ -1,4 +1,6 @@
-"""The arrangement strategies of the paper (section 3 and 4, Appendices B.4 and C.3).
+"""The arrangement strategies of the data-arrangement paper (sections 3 and 4, Appendices B.4 and
+C.3): He et al., *The Right Time Matters: Data Arrangement Affects Zero-Shot Generalization in
+Instruction Tuning*, Findings of ACL 2025, arXiv:2406.11721. "The paper" below is this one.
 
 Orders are over training rows (0 = the first training record of records.parquet). Ties are
 broken by row index everywhere, so an order is a deterministic function of its inputs.

@@ -10,7 +10,8 @@
 
 - ``first`` (default): the first user turn is the prompt and the assistant turn right after it the
   answer; system text, when present before it, is put first (``system + "\n\n" + user``). The
-  rest of the conversation is left out. C.3 of the paper trims conversations this way.
+  rest of the conversation is left out. C.3 of the data-arrangement paper (He et al.,
+  arXiv:2406.11721; "the paper" below) trims conversations this way.
 - ``all``: one record per conversation, as the paper embeds and trains on whole conversations
   (sec. 3.2; the authors' ``split_data_job.py`` 119, ``dataset_wrapper.py`` 219-250). The answer
   is the conversation's last assistant turn; the prompt is every turn before it, from the first

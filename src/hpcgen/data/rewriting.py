@@ -1,4 +1,6 @@
-"""Synthetic string-rewriting tasks, for instruction-diversity experiments.
+"""Synthetic string-rewriting tasks, for instruction-diversity experiments: the tasks of the
+diversity paper, Zhang, Wang and Charton, *From Symbolic Tasks to Code Generation: Diversification
+Yields Better Task Performers*, arXiv:2402.10891 ("the paper" below).
 
 An instruction is a rule ``x -> y``. An example applies it to a string ``z``: the LEFTMOST
 occurrence of ``x`` in ``z`` is replaced by ``y``, once; if ``x`` does not occur, the output is

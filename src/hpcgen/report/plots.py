@@ -2,7 +2,9 @@
 
 Every figure kind is a function ``(view, folder, stem, title, task, **options) -> [png, svg]``
 registered in ``KINDS`` with its file name, default title, a one-line caption (what it shows, with
-the paper's axes) and, for the kinds that redo one of the paper's figures, what the paper found. A
+the paper's axes) and, for the kinds that redo one of the paper's figures, what the paper found
+("the paper": the data-arrangement paper, He et al., arXiv:2406.11721, for the loss kinds; the
+diversity paper, Zhang, Wang and Charton, arXiv:2402.10891, for the exact-match kinds). A
 kind whose data is absent raises ``NoData`` with the reason; the report notes it and goes on. A
 kind drawn against matrix axes resolves them first (``Kind.options``: the figure's ``axis`` and
 ``y_axis``, or the one the runs vary), so that its caption can name them.

@@ -1,7 +1,8 @@
 """Distance kernels over row blocks, written once for NumPy and CuPy (``xp``).
 
-Distances follow the paper's sign: cosine distance is ``-cos(a, b)`` (smaller is closer, from -1
-to 1); Euclidean distance is ``||a - b||``. For one training item ``a`` and the test set ``B``
+Distances follow the data-arrangement paper's sign (He et al., arXiv:2406.11721): cosine
+distance is ``-cos(a, b)`` (smaller is closer, from -1 to 1); Euclidean distance is
+``||a - b||``. For one training item ``a`` and the test set ``B``
 (paper Appendix B.3, eq. 9):
 
     min(a)      = min_b d(a, b)          the nearest test item

@@ -1,4 +1,5 @@
-"""Set-level similarity measures between training data and test data (paper Appendix B.3-B.4).
+"""Set-level similarity measures between training data and test data (Appendix B.3-B.4 of the
+data-arrangement paper: He et al., *The Right Time Matters*, arXiv:2406.11721; "the paper" below).
 
 This module is their reference; each function names the equation it implements.
 
