@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib
 import json
@@ -20,6 +21,7 @@ from rich.table import Table
 from hpcgen import __version__
 from hpcgen.config import Experiment, load_experiment
 from hpcgen.errors import ConfigError, HpcgenError
+from hpcgen.pipeline import executors
 from hpcgen.pipeline.graph import Graph, build_graph
 from hpcgen.pipeline.registry import Pipeline
 
@@ -171,8 +173,7 @@ def cmd_status(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
     per_stage = summarize(graph, states)
     if args.json:
         print(json.dumps({"stages": {k: dict(v) for k, v in per_stage.items()},
-                          "tasks": [{k: v for k, v in s.__dict__.items() if k != "recorded_failure"}
-                                    for s in states]}, indent=1))
+                          "tasks": [dataclasses.asdict(s) for s in states]}, indent=1))
         return 0
     table = Table(title=f"{exp.name}: {len(states)} task(s)", title_justify="left")
     table.add_column("stage")
@@ -252,22 +253,23 @@ def cmd_verify(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
 
 
 def cmd_report(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
-    """Rebuild the report from what is on disk now (finished or not)."""
-    from hpcgen.pipeline.stage import Upstream
+    """Rebuild the report from what is on disk now (finished or not): the aggregate stage's own
+    ``report`` on each aggregate node's upstreams and metadata, as its job would get them."""
+    from hpcgen.contracts import report as contract
     from hpcgen.pipeline.store import Store
-    from hpcgen.stages.aggregate import Aggregate, make_report
+    from hpcgen.pipeline.submit import task_specs
+    from hpcgen.stages.aggregate import Aggregate
 
     exp, graph = _load(args, pipeline, check_output=False)
     store = Store(exp.store)
-
-    def upstreams(stage: str) -> list:
-        return [Upstream(stage=n.stage.name, key=n.key, dir=store.node_dir(n.stage.name, n.key), size=n.size,
-                         runs=tuple(n.runs)) for n in graph.nodes.values() if n.stage.name == stage]
-
-    folder = exp.dir / "report"
-    result = make_report(exp.meta(), {stage: upstreams(stage) for stage in Aggregate.upstream}, folder,
-                         getattr(exp.runs[0].config, "report", None))
-    out.print(f"report of {len(result['runs'])} of {len(exp.runs)} run(s): {folder / 'report.html'}")
+    nodes = [(n, n.stage) for n in graph.nodes.values() if isinstance(n.stage, Aggregate)]
+    if not nodes:
+        raise ConfigError("this experiment's pipeline has no aggregate stage", key="report")
+    for node, stage in nodes:  # one per distinct report section; several each get their own folder
+        folder = exp.dir / contract.REPORT if len(nodes) == 1 else exp.dir / contract.REPORT / node.key
+        spec = task_specs(graph, store, node)[0]
+        result = stage.report(spec.extra, spec.inputs, folder, node.config.report)
+        out.print(f"report of {len(result['runs'])} of {len(exp.runs)} run(s): {folder / contract.HTML}")
     return 0
 
 
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run or queue every incomplete task of an experiment")
     common(p)
     p.add_argument("--dry-run", action="store_true", help="say what would run; write nothing")
-    p.add_argument("--executor", choices=["auto", "slurm", "local", "debug"], help="override cluster.executor")
+    p.add_argument("--executor", choices=executors.choices(), help="override cluster.executor")
     p.add_argument("--force", action="append", metavar="STAGE", help="recompute STAGE and what depends on it")
     p.add_argument("--until", metavar="STAGE", help="only STAGE and what it needs")
     p.set_defaults(func=cmd_submit)

@@ -45,6 +45,41 @@ class ConfigError(HpcgenError):
         return ConfigError(self.reason, file=file, line=line, key=self.key, fix=self.fix)
 
 
+class DataError(ConfigError):
+    """Bad input found in the data itself, not in the config (a record whose text embeds to NaN,
+    say): exit code 2 like any bad input."""
+
+
+class UpstreamError(HpcgenError):
+    """An upstream node's output is missing, unreadable or stale (written by another version, or
+    for other inputs than its marker says): not bad input, so exit code 1. The message names the
+    upstream node (``STAGE/KEY``) and the file, and how to get a good one again.
+    """
+
+    exit_code = 1
+
+    #: the way back to a consistent store: drop the bad markers (and those downstream), recompute
+    FIX = ("hpcgen verify FILE --repair drops its marker and those downstream, then hpcgen submit FILE "
+           "recomputes them")
+
+    def __init__(self, reason: str, *, node: str | None = None, file: str | None = None,
+                 fix: str | None = None) -> None:
+        self.reason, self.node, self.file, self.fix = reason, node, file, fix or self.FIX
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = f"upstream {self.node}: " if self.node else "upstream: "
+        what = f"{self.file}: " if self.file else ""
+        return f"{where}{what}{self.reason}; {self.fix}".replace("\n", " ")
+
+    def __reduce__(self):  # keyword-only arguments: pickled (to and from jobs) field by field
+        return _upstream_error, (type(self), self.reason, self.node, self.file, self.fix)
+
+
+def _upstream_error(cls, reason, node, file, fix):
+    return cls(reason, node=node, file=file, fix=fix)
+
+
 class DeviceError(HpcgenError):
     """A task asked for GPUs that its job cannot use (no driver, no --nv, a CPU build of torch,
     no CuPy): it stops at its start instead of running on the CPU unnoticed."""
@@ -52,7 +87,3 @@ class DeviceError(HpcgenError):
 
 class SubmitError(HpcgenError):
     """The scheduler refused or could not be reached."""
-
-
-class WorkFailed(HpcgenError):
-    """Some tasks failed; the message says which and where their logs are."""

@@ -129,3 +129,39 @@ def test_configs_pickled_before_a_new_setting_unpickle_with_its_default():
     restored.__setstate__(state)
     assert restored.generate is False and restored.batch_size == 8
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_run_ids_and_node_keys_keep_their_values_and_lengths(pipeline):
+    # They name the directories of existing stores (store/STAGE/KEY) and are recorded in them:
+    # another hash, length or text would orphan every store made so far.
+    from hpcgen.config.identity import HEX_DIGITS
+    from hpcgen.pipeline.graph import build_graph
+
+    assert HEX_DIGITS == {"run": 10, "node": 16}
+    exp = load("config_with_axes.yaml", pipeline)
+    assert [r.id for r in exp.runs][:2] == ["0a4b6a6e47", "2025d46730"]
+    nodes = {n.id for n in build_graph(exp, pipeline).nodes.values()}
+    assert {"prepare/319a783eeb26a077", "aggregate/6fb86d035546d837"} <= nodes
+    assert all(len(n.split("/")[1]) == 16 for n in nodes)
+
+
+def test_runs_share_the_sections_they_agree_on(pipeline):
+    exp = load("config_with_axes.yaml", pipeline)
+    first, *others = exp.runs
+    assert all(r.config.data is first.config.data and r.sections["data"] is first.sections["data"] for r in others)
+    same_seed = [r for r in others if r.config.train.seed == first.config.train.seed]
+    assert same_seed and all(r.config.train is first.config.train for r in same_seed)
+    assert all(r.sections[s].value is getattr(r.config, s) for r in exp.runs for s in type(r.config).model_fields)
+
+
+def test_a_value_only_one_run_gets_wrong_is_located_at_its_axis(pipeline, tmp_path):
+    (tmp_path / "late.yaml").write_text("name: late\noutput_dir: out\ntrain: {lr: bad}\nmatrix:\n"
+                                        "  train.seed: [1, 2]\n  train.lr: [0.1, 0.2, x]\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(tmp_path / "late.yaml", pipeline, check_output=False)
+    assert (err.value.line, err.value.key) == (6, "train.lr") and "(got 'x')" in err.value.reason
+    # the file's own value is never validated where an axis replaces it in every run
+    (tmp_path / "late.yaml").write_text("name: late\noutput_dir: out\ntrain: {lr: bad}\nmatrix:\n"
+                                        "  train.lr: [0.1, 0.2]\n")
+    assert [r.config.train.lr for r in load_experiment(tmp_path / "late.yaml", pipeline, check_output=False).runs] == [
+        0.1, 0.2]

@@ -17,6 +17,7 @@ import pytest
 
 from hpcgen.config.schema import Container
 from hpcgen.pipeline import container as images
+from hpcgen.pipeline import files
 from hpcgen.pipeline import store as store_mod
 from hpcgen.pipeline.store import read_json
 from tests.pipeline.test_executors import upstream_map
@@ -107,13 +108,13 @@ def test_image_digest_is_computed_once_per_version_of_the_file(tmp_path, monkeyp
     image = tmp_path / "a.sif"
     image.write_bytes(b"first image" * 1000)
     hashed = []
-    real = store_mod.sha256_file
+    real = files.sha256_file
 
     def counting(path, *args, **kwargs):
         hashed.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(store_mod, "sha256_file", counting)
+    monkeypatch.setattr(files, "sha256_file", counting)
     spec = Container(image=str(image))
     first = images.describe(spec)
     again = images.describe(spec)

@@ -81,3 +81,15 @@ def test_resources_precedence(pipeline):
     assert (train.partition, train.cpus, train.nodes, train.tasks_per_node, train.gpus, train.time) == (
         "gpu", 2, 2, 4, 4, 1440)
     assert by["train"][0].gpu_hours() == 1 * 2 * 4 * 24.0
+
+
+def test_equal_sections_share_a_node_however_they_were_written(pipeline, tmp_path):
+    # "3" and 3 validate to equal, separate sections: nodes follow content, not objects
+    (tmp_path / "eq.yaml").write_text("name: eq\noutput_dir: out\nmatrix:\n"
+                                      "  zip:\n    - {train.seed: [1, 2], data.value: [3, '3']}\n")
+    exp = load_experiment(tmp_path / "eq.yaml", pipeline, check_output=False)
+    a, b = exp.runs
+    assert a.config.data == b.config.data and a.config.data is not b.config.data
+    by = nodes_by_stage(build_graph(exp, pipeline))
+    assert len(by["prepare"]) == 1 and sorted(by["prepare"][0].runs) == sorted([a.id, b.id])
+    assert len(by["train"]) == 2 and len(by["aggregate"]) == 1

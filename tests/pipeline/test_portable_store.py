@@ -13,7 +13,7 @@ import pytest
 
 from hpcgen.cli import main
 from hpcgen.config import load_experiment
-from hpcgen.config.matrix import SectionJSON
+from hpcgen.config.identity import section_json
 from hpcgen.pipeline import fingerprint
 from hpcgen.pipeline.fingerprint import content_digest, portable
 from hpcgen.pipeline.graph import build_graph
@@ -98,8 +98,8 @@ def test_no_absolute_path_enters_a_key_or_run_id(tmp_path):
     config = exp.runs[0].config
     assert config.data.sources[0].path == str(tmp_path / "checkout" / "data" / "niv2"), "jobs get the real path"
     assert config.train.model == str(tmp_path / "checkout" / "models" / "tiny")
-    dump = SectionJSON()
-    texts = [dump(getattr(config, s)) for s in ("data", "embed", "train", "eval", "arrange")]
+    texts = [section_json(getattr(config, s)) for s in ("data", "embed", "train", "eval", "arrange")]
+    assert texts == [exp.runs[0].sections[s].json for s in ("data", "embed", "train", "eval", "arrange")]
     texts += [line for node in graph.nodes.values() for line in node.stage.fingerprint(node.config)]
     assert not any(str(tmp_path) in t for t in texts)
     data = json.loads(texts[0])

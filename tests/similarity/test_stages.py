@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpcgen.cli import main
-from hpcgen.errors import ConfigError
+from hpcgen.errors import ConfigError, UpstreamError
 from hpcgen.similarity.h5 import EmbeddingSet, merge_topk, read_aggregate
 from hpcgen.stages.embed import EmbedConfig, check_rows, encode
 from tests.conftest import ROOT
@@ -129,11 +129,14 @@ def test_missing_or_mismatched_shards_are_errors(computed, tmp_path):
     _, _, embed_dir, _ = computed
     for i in range(3):
         (tmp_path / f"embeddings-{i:05d}.h5").write_bytes((embed_dir / f"embeddings-{i:05d}.h5").read_bytes())
-    with pytest.raises(ConfigError, match="embeddings-00003.h5' is missing"):
+    # a stale or incomplete upstream, not bad input: exit code 1, naming the node, file and fix
+    with pytest.raises(UpstreamError, match=r"embeddings-00003.h5: is missing; hpcgen verify FILE --repair") as err:
         EmbeddingSet(tmp_path, 4)
+    assert err.value.exit_code == 1 and not isinstance(err.value, ConfigError)
+    assert err.value.node == f"{tmp_path.parent.name}/{tmp_path.name}"
     with h5py.File(tmp_path / "embeddings-00002.h5", "r+") as f:
         f.attrs["dim"] = 768
-    with pytest.raises(ConfigError, match="has dim 768 .* but shard 0 has dim 384"):
+    with pytest.raises(UpstreamError, match="has dim 768 .* but shard 0 has dim 384"):
         EmbeddingSet(tmp_path, 3)
 
 

@@ -48,9 +48,13 @@ def eight_gpus(monkeypatch):
 
 
 def test_each_rank_binds_its_own_gpu_and_sees_all_of_them(eight_gpus, monkeypatch):
+    """The runner exports torch's variables from Slurm's (through submitit); the loop reads those."""
     import os
 
+    from hpcgen.pipeline.runner import export_distributed_env
+
     bound, inits = eight_gpus
+    export_distributed_env()
     assert loop.setup_distributed(9, 16, timeout_min=90) == "cuda"
     # CUDA_VISIBLE_DEVICES untouched: DeepSpeed's device_id=cuda:LOCAL_RANK must exist
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
@@ -61,7 +65,10 @@ def test_each_rank_binds_its_own_gpu_and_sees_all_of_them(eight_gpus, monkeypatc
 
 
 def test_a_rank_without_a_gpu_is_one_clear_error(eight_gpus, monkeypatch):
+    from hpcgen.pipeline.runner import export_distributed_env
+
     monkeypatch.setenv("SLURM_LOCALID", "8")
+    export_distributed_env()
     with pytest.raises(ConfigError, match=r"local rank 8 has no GPU: this process sees 8 GPU\(s\)"):
         loop.setup_distributed(9, 16)
 
@@ -91,17 +98,14 @@ def test_every_collective_of_the_loop_is_on_the_engines_device(monkeypatch):
     meta = torch.device("meta")
     stats = loop.step_stats(torch.tensor(2.5), 640, meta, world=16)
     assert stats.device.type == "meta"
-    preempt = loop.Preemption()
-    try:
-        def record_then_stop(tensor, op=None, **kw):
-            record(tensor)
-            raise Recorded
 
-        monkeypatch.setattr(dist, "all_reduce", record_then_stop)
-        with pytest.raises(Recorded):
-            preempt.agreed(16, meta)
-    finally:
-        preempt.restore()
+    def record_then_stop(tensor, op=None, **kw):
+        record(tensor)
+        raise Recorded
+
+    monkeypatch.setattr(dist, "all_reduce", record_then_stop)
+    with pytest.raises(Recorded):  # the vote on a stop request at a step boundary
+        loop.any_rank(False, meta, 16)
     assert seen == ["meta", "meta"]
 
 

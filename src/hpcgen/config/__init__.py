@@ -5,21 +5,39 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from hpcgen.config import yamlio
+from hpcgen.config import presets, profiles, schema, yamlio
 from hpcgen.config.matrix import Matrix, Run, expand, parse_matrix, parse_override, set_path
-from hpcgen.config.schema import RESERVED, Cluster, experiment_model, suggest
+from hpcgen.config.schema import RESERVED, Cluster, StageConfig, experiment_model
+from hpcgen.config.validation import _unwrap, child_schema, suggest
 from hpcgen.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hpcgen.pipeline.registry import Pipeline
-
 __all__ = ["Experiment", "Run", "load_experiment", "check_writable"]
+
+
+class _Stage(Protocol):
+    name: str
+    section: str | None
+
+
+class Pipeline(Protocol):
+    """What loading an experiment needs of its pipeline (a ``hpcgen.pipeline.registry.Pipeline``):
+    the stages in order, with the sections they own. Named here, not imported, so that the config
+    layer imports nothing of the pipeline layer, which builds on it."""
+
+    order: list[str]
+
+    def __iter__(self) -> Iterator[_Stage]: ...
+
+    def sections(self) -> dict[str, type[StageConfig]]: ...
 
 
 @dataclass
@@ -82,8 +100,6 @@ def load_experiment(path: str | Path, pipeline: Pipeline, overrides: list[str] |
             raise ConfigError("unknown key", file=file, line=line, key=key,
                               fix=suggest(key, list(model.model_fields)) or "remove it")
     if "preset" in data:
-        from hpcgen.config import presets
-
         data = presets.apply({k: v for k, v in data.items() if k != "preset"}, data["preset"], doc.where(("preset",)))
     matrix = parse_matrix(doc, raw_matrix, model)
     for text in overrides:
@@ -133,10 +149,6 @@ def section_aliases(pipeline: Pipeline) -> dict[str, str]:
 def _path_kind(parent: Any, key: str) -> str | None:
     """``"input"``, ``"model"`` or ``"profile"`` when field ``key`` of the model (or union of
     models) ``parent`` is an InputPath / ModelRef / ProfileRef (Optional or not), else None."""
-    import types
-    import typing
-
-    from hpcgen.config import schema
 
     def kind_of(annotation: Any, metadata: list) -> str | None:
         origin = typing.get_origin(annotation)
@@ -150,7 +162,7 @@ def _path_kind(parent: Any, key: str) -> str | None:
                 return "input"
             if func is schema._model_ref:
                 return "model"
-            if func is schema._profile_ref:
+            if func is profiles.profile_ref:
                 return "profile"
         return None
 
@@ -170,8 +182,6 @@ def rebase_paths(data: dict[str, Any], doc: yamlio.Document, model: type[BaseMod
     against that file's folder here, before validation resolves the experiment file's own against
     its folder. A model name that is no path there (``gpt2``) stays a hub name, a profile name
     without ``/`` or ``.yaml`` a bundled profile."""
-    from hpcgen.config.schema import _unwrap, child_schema
-
     home = path.resolve().parent
 
     def walk(node: Any, value: Any, keypath: tuple, parent: Any = None) -> Any:

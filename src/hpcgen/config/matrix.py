@@ -22,9 +22,7 @@ are applied to the base config first; an override of a matrix axis pins that axi
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -33,12 +31,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hpcgen.config.schema import STRAY_ERRORS, check_path, validate
+from hpcgen.config.identity import Section, canonical_json, run_identity
+from hpcgen.config.validation import STRAY_ERRORS, check_path, validate
 from hpcgen.config.yamlio import Document, KeyPath, dotted
 from hpcgen.errors import ConfigError
 
 DEFAULT_MAX_RUNS = 10_000
-_RESERVED = {"zip", "exclude", "max_runs"}
 LABEL = "label"  # a zip column naming the runs, not a config key
 
 
@@ -72,11 +70,9 @@ class Run:
     config: BaseModel
     values: dict[str, Any]  # axis path -> value
     label: str | None = None  # the matrix's label for this run (zip column ``label``)
-
-
-def canonical_hash(obj: Any, length: int = 12) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    #: every top-level field of ``config``, shared with the runs that agree on it: their canonical
+    #: JSON is what run ids and stage keys hash
+    sections: dict[str, Section] = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,12 +113,14 @@ def parse_matrix(doc: Document, raw: Any, model: type[BaseModel]) -> Matrix:
         else:
             matrix.axes.append(_axis(doc, model, key, value, ("matrix", key)))
     seen: set[str] = set()
-    for path in matrix.paths():
-        if path in seen:
-            file_, line = doc.where(("matrix",))
+    for axis in matrix.axes:  # the second place that varies a key is where the mistake is
+        for path in axis.paths:
+            if path not in seen:
+                seen.add(path)
+                continue
+            file_, line = axis.origin
             raise ConfigError("the same key is varied twice", file=file_, line=line, key=f"matrix.{path}",
                               fix="keep it in one axis or zip group")
-        seen.add(path)
     for i, entry in enumerate(matrix.exclude):
         for path in entry:
             if path not in seen:
@@ -259,48 +257,8 @@ def _labels(paths: list[str]) -> dict[str, str]:
     return {p: (leaf if len(ps) == 1 else p) for leaf, ps in leaves.items() for p in ps}
 
 
-IDENTITY_EXCLUDED = ("name", "output_dir", "cluster")
-#: the dump context of identities: local inputs by content (see ``hpcgen.config.schema._portable``)
-PORTABLE = {"portable": True}
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
-class SectionJSON:
-    """Canonical JSON of config sections (without scheduler resources), cached per object: what
-    run ids and stage keys hash.
-
-    Runs of a matrix share section objects wherever they agree, so a 10,000-run matrix dumps
-    each distinct section once. Entries hold a reference to the object, so ids stay valid.
-    Local inputs (``InputPath``, ``ModelRef``) dump as ``content:<sha256>``, not as their
-    absolute paths (``hpcgen.pipeline.fingerprint``): a copied checkout keeps its ids and keys.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[Any, str]] = {}
-
-    def __call__(self, obj: Any) -> str:
-        hit = self._cache.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            return hit[1]
-        if hasattr(obj, "model_dump"):
-            fields = type(obj).model_fields
-            data = obj.model_dump(mode="json", exclude={"resources"} if "resources" in fields else None,
-                                  context=PORTABLE)
-        else:
-            data = obj
-        text = canonical_json(data)
-        self._cache[id(obj)] = (obj, text)
-        return text
-
-
-def run_identity(config: BaseModel, section_json: SectionJSON) -> str:
-    """The hash of what a run computes: every section but scheduler settings."""
-    names = sorted(n for n in type(config).model_fields if n not in IDENTITY_EXCLUDED)
-    text = "{" + ",".join(f'"{n}":{section_json(getattr(config, n))}' for n in names) + "}"
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+def _freeze_all(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_freeze(v) for v in values)
 
 
 def _freeze(value: Any) -> Any:
@@ -324,18 +282,15 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
                 return axis.origin
         return doc.where(loc)
 
-    def validate_whole(data: dict[str, Any]) -> BaseModel:
-        return validate(model, data, where, context)
-
-    # Validate the base once and each distinct varied section once; runs share the objects.
-    try:
-        base_model: BaseModel | None = model.model_validate(base, context=context)
-    except (ValidationError, *STRAY_ERRORS):
-        base_model = None  # e.g. a required key given only by an axis: validate runs whole
-    sections: dict[tuple[Any, ...], Any] = {}
-    section_json = SectionJSON()
+    # One path for every run: the first is validated whole and gives the sections no axis varies;
+    # a section an axis varies is validated alone, once per distinct combination of its axes'
+    # values, and shared by the runs that have it. Where one fails, the whole run is validated
+    # for its error, located at the line of the file (or axis) that wrote the value.
+    shared: dict[tuple[Any, ...], Section] = {}  # (section, its axis values) -> the section
+    first: BaseModel | None = None
     runs: list[Run] = []
     seen: dict[str, str] = {}
+    seen_values: dict[str, dict[str, Any]] = {}
     positions = [range(len(a.values)) for a in matrix.axes]
     for combo in itertools.product(*positions):
         values: dict[str, Any] = {}
@@ -352,35 +307,48 @@ def expand(doc: Document, base: dict[str, Any], matrix: Matrix, model: type[Base
         data = base
         for path, value in values.items():
             data = set_path(data, path, value)
-        if base_model is None:
-            config = validate_whole(data)
-        else:
-            by_section: dict[str, list[tuple[str, Any]]] = {}
-            for path, value in values.items():
-                by_section.setdefault(path.split(".")[0], []).append((path, _freeze(value)))
-            updates = {}
-            for section, items in by_section.items():
-                cache_key = (section, tuple(items))
-                if cache_key not in sections:
-                    field = model.model_fields[section].annotation
-                    try:
-                        sections[cache_key] = field.model_validate(data.get(section, {}), context=context)
-                    except (ValidationError, *STRAY_ERRORS):
-                        validate_whole(data)  # raises the error with its file, line and key
-                        raise
-                updates[section] = sections[cache_key]
-            config = base_model.model_copy(update=updates)
-        run_id = run_identity(config, section_json)
+        varied: dict[str, list[tuple[str, Any]]] = {}
+        for path, value in values.items():
+            varied.setdefault(path.split(".")[0], []).append((path, _freeze(value)))
+        keys = {section: (section, tuple(varied.get(section, ()))) for section in model.model_fields}
+        if first is None:
+            first = validate(model, data, where, context)
+            shared.update((key, Section(getattr(first, section))) for section, key in keys.items())
+        for section in varied:
+            if keys[section] not in shared:
+                shared[keys[section]] = Section(_validate_section(model, section, data, where, context))
+        own = {section: shared[key] for section, key in keys.items()}
+        config = first.model_copy(update={section: own[section].value for section in varied})
+        run_id = run_identity(own)
         name = ",".join(parts) or "default"
         if run_id in seen:
-            file, line = doc.where(("matrix",))
+            earlier = seen_values[run_id]
+            # the axis that gives both runs the same config: one that holds a value twice, else the
+            # first whose values differ between them (a key that changes nothing)
+            twice = [a for a in matrix.axes if len(set(map(_freeze_all, a.values))) < len(a.values)
+                     and all(values.get(p) == earlier.get(p) for p in a.paths)]
+            differ = [a for a in matrix.axes if any(values.get(p) != earlier.get(p) for p in a.paths)]
+            file, line = (twice or differ)[0].origin if (twice or differ) else doc.where(("matrix",))
             raise ConfigError(f"runs {seen[run_id]!r} and {name!r} resolve to the same config",
                               file=file, line=line, key="matrix",
                               fix="remove the duplicate axis value or add an exclude entry")
         seen[run_id] = name
-        runs.append(Run(id=run_id, name=name, config=config, values=values, label=" / ".join(names) or None))
+        seen_values[run_id] = values
+        runs.append(Run(id=run_id, name=name, config=config, values=values, label=" / ".join(names) or None,
+                        sections=own))
     if not runs:
         file, line = doc.where(("matrix", "exclude"))
         raise ConfigError("every run of the matrix is excluded", file=file, line=line,
                           key="matrix.exclude", fix="remove an exclude entry")
     return runs
+
+
+def _validate_section(model: type[BaseModel], name: str, data: dict[str, Any], where,
+                      context: dict[str, Any] | None) -> Any:
+    """Section ``name`` of the run ``data``, validated alone. Where it fails, the whole run is
+    validated, which raises the error as ``validate`` locates it."""
+    try:
+        return model.model_fields[name].annotation.model_validate(data.get(name, {}), context=context)
+    except (ValidationError, *STRAY_ERRORS):
+        validate(model, data, where, context)
+        raise

@@ -22,11 +22,14 @@ import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo
 
-from hpcgen.config import yamlio
-from hpcgen.config.schema import Model, Resources, layered, suggest, validate
+from hpcgen.config.base import Model, no_control
+from hpcgen.config.resources import Resources, layered
+from hpcgen.config.validation import suggest, validate
+from hpcgen.config.yamlio import load as read_yaml
 from hpcgen.errors import ConfigError
 
 
@@ -110,7 +113,7 @@ def load(path: str | Path, stages: list[str] | None = None, aliases: dict[str, s
 @lru_cache(maxsize=64)
 def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None,
           aliases: tuple[tuple[str, str], ...] = ()) -> Profile:
-    doc = yamlio.load(path)
+    doc = read_yaml(path)
     profile = validate(Profile, doc.data, doc.where)
     other = dict(aliases)
     entries: dict[str, Resources] = {}
@@ -125,3 +128,17 @@ def _load(path: str, _mtime: int, _size: int, stages: tuple[str, ...] | None,
                               line=line, key=f"stages.{name}", fix="keep one entry")
         entries[stage] = entry
     return profile.model_copy(update={"stages": entries})
+
+
+def profile_ref(value: str, info: ValidationInfo) -> str:
+    """A resource profile named in a config: a name in jobs/profiles/ or a file; stored as the
+    resolved file. The experiment's context gives the folder of relative paths and the pipeline's
+    stages, which the profile's entries must name."""
+    no_control(value)
+    context = info.context or {}
+    path = resolve(value, context.get("base_dir"))
+    load(path, context.get("stages"), context.get("stage_aliases"))  # errors name the profile's line
+    return str(path)
+
+
+ProfileRef = Annotated[str, AfterValidator(profile_ref)]

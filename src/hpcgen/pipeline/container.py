@@ -21,6 +21,7 @@ from typing import Any
 
 from hpcgen.config.schema import Container
 from hpcgen.errors import ConfigError
+from hpcgen.pipeline.fingerprint import file_digest
 
 #: where Apptainer keeps an image's labels inside the running container
 LABELS_FILE = Path("/.singularity.d/labels.json")
@@ -63,8 +64,6 @@ def image_digest(path: Path) -> str:
     """sha256 of an image file, computed once per (path, size, mtime) and cached, like every
     input's digest (``hpcgen.pipeline.fingerprint``; an unwritable cache only costs the next
     submit another pass over the image)."""
-    from hpcgen.pipeline.fingerprint import file_digest
-
     return file_digest(path)
 
 

@@ -35,6 +35,8 @@ import os
 import stat
 from pathlib import Path
 
+from hpcgen.pipeline import files
+
 #: the prefix of a local input in keys and run ids
 PREFIX = "content:"
 CACHE_NAME = "digests.json"
@@ -59,10 +61,8 @@ def _path_of(ident: str) -> str:
 
 
 def _read(path: Path) -> dict[str, str]:
-    from hpcgen.pipeline.store import read_json
-
     try:
-        known = read_json(path)
+        known = files.read_json(path)
     except OSError:  # unreadable, or a file where the cache folder should be
         return {}
     if not isinstance(known, dict):
@@ -82,22 +82,18 @@ def _save(cache: Path, new: dict[str, str]) -> None:
     """Merge ``new`` into the cache file: entries of other versions of the same files and of
     files that are gone are dropped. Another process writing at the same time may win; that only
     costs a later re-hash."""
-    from hpcgen.pipeline.store import write_json
-
     paths = {_path_of(k) for k in new}
     kept = {k: v for k, v in _read(cache).items() if _path_of(k) not in paths and os.path.exists(_path_of(k))}
     kept.update(new)
     with contextlib.suppress(OSError):  # unwritable: the digests stay in this process only
-        write_json(cache, kept)
+        files.write_json(cache, kept)
 
 
 def _file_digest(path: Path, st: os.stat_result, new: dict[str, str]) -> str:
     ident = _ident(path, st)
     digest = _memo.get(ident)
     if digest is None:
-        from hpcgen.pipeline import store
-
-        digest = store.sha256_file(path)
+        digest = files.sha256_file(path)
         _memo[ident] = new[ident] = digest
     return digest
 

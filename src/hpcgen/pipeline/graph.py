@@ -10,13 +10,13 @@ moved checkout has the same keys and finds its store complete.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcgen.config import Experiment
-from hpcgen.config.matrix import SectionJSON
+from hpcgen.config import Experiment, Run
+from hpcgen.config.identity import short_hash
 from hpcgen.config.schema import Resources
+from hpcgen.errors import ConfigError
 from hpcgen.pipeline.registry import Pipeline
 from hpcgen.pipeline.stage import Estimate, SectionView, Stage
 
@@ -60,8 +60,6 @@ class Graph:
         """The part of the graph that ``stage`` needs: its nodes and everything upstream of them."""
         keep = {n.id for n in self.nodes.values() if n.stage.name == stage}
         if not keep:
-            from hpcgen.errors import ConfigError
-
             stages = ", ".join(dict.fromkeys(n.stage.name for n in self.nodes.values()))
             raise ConfigError(f"no stage {stage!r} in this experiment's graph", key="--until",
                               fix=f"choose one of: {stages}")
@@ -105,22 +103,38 @@ class Graph:
         }
 
 
-def _key(stage: Stage, section_texts: list[str], upstream_keys: list[str]) -> str:
-    text = "\n".join([stage.name, str(stage.version), *section_texts, "upstream:" + ",".join(upstream_keys)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+@dataclass
+class _FanIn:
+    """The node of an experiment-scope stage for one config, gathered over every run that reaches
+    it; it is made once all runs are known."""
+
+    view: SectionView  # the config, as the first run to reach it has it
+    texts: list[str]  # what its key hashes besides the upstream keys
+    cluster: Resources
+    upstream: set[str] = field(default_factory=set)  # node ids, over all its runs
+    runs: list[str] = field(default_factory=list)
+
+
+def _key(stage: Stage, texts: list[str], upstream_keys: list[str]) -> str:
+    return short_hash("\n".join([stage.name, str(stage.version), *texts, "upstream:" + ",".join(upstream_keys)]),
+                      "node")
+
+
+def _texts(stage: Stage, run: Run, view: SectionView) -> list[str]:
+    """The sections ``stage`` reads, as canonical JSON, and its input fingerprint."""
+    return [f"{name}={run.sections[name].json}" for name in stage.sections_read()] + [
+        f"input={line}" for line in stage.fingerprint(view)]
 
 
 def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
     nodes: dict[str, Node] = {}
     run_nodes: dict[str, dict[str, str]] = {}
-    fan_in: dict[str, dict[str, tuple[SectionView, set[str], list[str], Any]]] = {}
+    fan_in: dict[str, dict[tuple[str, ...], _FanIn]] = {}  # stage -> its sections' JSON -> entry
     order = {name: i for i, name in enumerate(pipeline.order)}
-    section_json = SectionJSON()
-    memo: dict[tuple[Any, ...], str] = {}  # (stage, section objects, upstream) -> node id
-
-    def texts(stage: Stage, view: SectionView) -> list[str]:
-        return [f"{name}={section_json(view[name])}" for name in stage.sections_read()] + [
-            f"input={line}" for line in stage.fingerprint(view)]
+    # A node follows from its stage, the canonical JSON of the sections it reads and its upstream
+    # nodes (its input fingerprint follows from the sections): runs that agree on them share it,
+    # and its fingerprint and key are computed once.
+    memo: dict[tuple[str, ...], str] = {}  # (stage, sections' JSON..., upstream node ids...) -> node id
 
     def _inherit(est: Estimate, ups: list[str]) -> Estimate:
         """A stage that does not say how many records it holds passes on its upstream's count."""
@@ -144,21 +158,23 @@ def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
                 return resolved[stage.name]
             view = SectionView(stage.name, {s: getattr(run.config, s) for s in stage.sections_read()})
             ups = [resolve(pipeline[u]) for u in stage.upstream_for(view)]
+            sections = tuple(run.sections[s].json for s in stage.sections_read())
             if stage.scope == "experiment":
                 # decided once all runs are known; remember what this run contributes
-                ident = hashlib.sha256("\n".join(texts(stage, view)).encode()).hexdigest()[:16]
                 group = fan_in.setdefault(stage.name, {})
-                entry = group.setdefault(ident, (view, set(), [], run.config.cluster))
-                entry[1].update(ups)
-                entry[2].append(run.id)
-                resolved[stage.name] = f"{stage.name}/@{ident}"
+                entry = group.get(sections)
+                if entry is None:
+                    entry = group[sections] = _FanIn(view, _texts(stage, run, view), run.config.cluster)
+                entry.upstream.update(ups)
+                entry.runs.append(run.id)
+                resolved[stage.name] = f"{stage.name}/@pending"  # no stage depends on it: replaced below
                 return resolved[stage.name]
-            memo_key = (stage.name, *(id(view[s]) for s in stage.sections_read()), *ups)
-            node_id = memo.get(memo_key)
+            content = (stage.name, *sections, *ups)
+            node_id = memo.get(content)
             if node_id is None:
-                key = _key(stage, texts(stage, view), [nodes[u].key for u in ups])
+                key = _key(stage, _texts(stage, run, view), [nodes[u].key for u in ups])
                 node_id = f"{stage.name}/{key}"
-                memo[memo_key] = node_id
+                memo[content] = node_id
                 if node_id not in nodes:
                     size = stage.plan(view, _upstream_nodes(ups))
                     nodes[node_id] = Node(
@@ -176,16 +192,16 @@ def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
 
     # Fan-in stages: one node per distinct config, over every run that reached it.
     for stage_name in pipeline.order:
-        for view, ups, runs, cluster in fan_in.get(stage_name, {}).values():
-            stage = pipeline[stage_name]
-            ups_sorted = sorted(ups, key=lambda u: (order[u.split("/")[0]], u))
-            key = _key(stage, texts(stage, view), [nodes[u].key for u in ups_sorted])
-            size = stage.plan(view, _upstream_nodes(ups_sorted))
-            node = Node(stage=stage, key=key, size=size, config=view, upstream=ups_sorted,
-                        resources=stage.resources(view, cluster), runs=runs,
-                        estimate=stage.estimate(view, size, _upstream_nodes(ups_sorted)))
+        stage = pipeline[stage_name]
+        for entry in fan_in.get(stage_name, {}).values():
+            ups = sorted(entry.upstream, key=lambda u: (order[u.split("/")[0]], u))
+            key = _key(stage, entry.texts, [nodes[u].key for u in ups])
+            size = stage.plan(entry.view, _upstream_nodes(ups))
+            node = Node(stage=stage, key=key, size=size, config=entry.view, upstream=ups,
+                        resources=stage.resources(entry.view, entry.cluster), runs=entry.runs,
+                        estimate=stage.estimate(entry.view, size, _upstream_nodes(ups)))
             nodes[node.id] = node
-            for run_id in runs:
+            for run_id in entry.runs:
                 run_nodes[run_id][stage_name] = node.id
 
     ordered = dict(sorted(nodes.items(), key=lambda kv: order[kv[1].stage.name]))

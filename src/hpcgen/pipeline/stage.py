@@ -9,11 +9,24 @@ markers, submission) happens outside it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from hpcgen.config.schema import Resources, StageConfig, layered
+
+C = TypeVar("C")
+
+if TYPE_CHECKING:  # the types of the typed accessors below; never imported at run time
+    from hpcgen.pipeline.runner import StopRequest, TaskResources
+    from hpcgen.stages.aggregate import ReportConfig
+    from hpcgen.stages.arrange import ArrangeConfig
+    from hpcgen.stages.embed import EmbedConfig
+    from hpcgen.stages.evaluate import EvalConfig
+    from hpcgen.stages.prepare import DataConfig
+    from hpcgen.stages.similarity import SimilarityConfig
+    from hpcgen.stages.train import TrainConfig
 
 
 class SectionView:
@@ -21,7 +34,22 @@ class SectionView:
 
     Keeping stages honest about what they read is what makes their keys correct: a stage that
     read an undeclared section would be shared between runs that differ in it.
+
+    Sections are read as attributes (``cfg.data``) or by name (``cfg["data"]``). For the type
+    checker the sections of hpcgen's own pipeline are typed: ``cfg.data`` is a ``DataConfig``,
+    ``cfg.train`` a ``TrainConfig`` and so on (declared here, looked up by ``__getattr__`` at run
+    time, so another pipeline's sections of the same names work as before). ``section(name,
+    kind)`` is the typed lookup for any other section: it checks the type at run time too.
     """
+
+    if TYPE_CHECKING:
+        data: DataConfig
+        embed: EmbedConfig
+        similarity: SimilarityConfig
+        arrange: ArrangeConfig
+        train: TrainConfig
+        eval: EvalConfig
+        report: ReportConfig
 
     def __init__(self, stage: str, sections: dict[str, Any]) -> None:
         self._stage, self._sections = stage, sections
@@ -38,6 +66,14 @@ class SectionView:
         if name.startswith("_"):
             raise AttributeError(name)
         return self[name]
+
+    def section(self, name: str, kind: type[C]) -> C:
+        """Section ``name``, which must be a ``kind`` (a TypeError says which it is instead)."""
+        value = self[name]
+        if not isinstance(value, kind):
+            raise TypeError(f"section {name!r} of stage {self._stage!r} is a {type(value).__name__}, "
+                            f"not a {kind.__name__}")
+        return value
 
     def names(self) -> list[str]:
         return list(self._sections)
@@ -154,6 +190,51 @@ class Upstream:
     runs: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as stages over many runs see it: its name, matrix axis values and label."""
+
+    name: str
+    values: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "values": self.values, "label": self.label}
+
+
+@dataclass(frozen=True)
+class TaskMeta:
+    """What a task knows of its experiment besides its config sections and inputs.
+
+    ``submit`` fills it in (``TaskSpec.extra``, a plain dict on its way to the job; ``from_dict``
+    turns it into this): the experiment's name, the runs the node serves, and for stages over the
+    whole experiment (the report) the provenance it prints; the executor adds the container image
+    the task runs in, and the runner, in the job, the stop request and the task's resources."""
+
+    experiment: str = ""
+    runs: dict[str, RunInfo] = field(default_factory=dict)  # run id -> run
+    provenance: dict[str, Any] | None = None  # hpcgen.provenance.describe (experiment-scoped stages)
+    container: dict[str, Any] | None = None  # the image's description (cluster.container), if any
+    stop: StopRequest | None = None  # the scheduler's request to stop early (the runner's)
+    resources: TaskResources | None = None  # CPUs and GPUs this process got (the runner's)
+
+    @classmethod
+    def from_dict(cls, data: TaskMeta | Mapping[str, Any] | None) -> TaskMeta:
+        """From ``TaskSpec.extra`` or ``Experiment.meta()``; an unknown key is an error (a new
+        piece of metadata gets a field here)."""
+        if isinstance(data, TaskMeta):
+            return data
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"task metadata has no field {unknown[0]!r}: add it to TaskMeta (hpcgen.pipeline.stage)")
+        runs = {run_id: info if isinstance(info, RunInfo) else
+                RunInfo(name=info["name"], values=dict(info.get("values") or {}), label=info.get("label"))
+                for run_id, info in (data.get("runs") or {}).items()}
+        return cls(experiment=data.get("experiment") or "", runs=runs, provenance=data.get("provenance"),
+                   container=data.get("container"), stop=data.get("stop"), resources=data.get("resources"))
+
+
 @dataclass
 class Task:
     """The context one array task runs in.
@@ -175,8 +256,12 @@ class Task:
     attempt: str
     rank: int = 0  # this process among the task's processes (multi-node training has several)
     world_size: int = 1
-    meta: dict = field(default_factory=dict)  # run names and axis values, for stages over many runs
+    meta: TaskMeta = field(default_factory=TaskMeta)  # the experiment, its runs' names and axis values
     _staged: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, TaskMeta):  # the runner hands over TaskSpec.extra, a dict
+            self.meta = TaskMeta.from_dict(self.meta)
 
     @property
     def work_dir(self) -> Path:

@@ -1,19 +1,22 @@
-"""``status``, ``cancel`` and ``logs``: read markers and records, ask Slurm once."""
+"""``status``, ``cancel`` and ``logs``: read markers and records, ask each executor once.
+
+Markers say what is done. Every other task that was submitted has a submission record naming
+its executor; each executor named answers for all of its tasks at once, in one batched query of
+its scheduler (see ``SlurmExecutor.states``). Nothing here knows a scheduler.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
-import socket
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcgen.errors import ConfigError, SubmitError
+from hpcgen.errors import ConfigError
+from hpcgen.pipeline.executors import executor_class
+from hpcgen.pipeline.executors.base import DONE, UNKNOWN, Executor, JobState, Submission, attempt_state, read_submission
 from hpcgen.pipeline.graph import Graph
 from hpcgen.pipeline.store import Store, read_json
 
@@ -22,15 +25,9 @@ if TYPE_CHECKING:
     from hpcgen.pipeline.registry import Pipeline
 
 STATES = ("done", "running", "pending", "failed", "cancelled", "missing")
-_SLURM_TO_STATE = {
-    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running", "SUSPENDED": "running",
-    "SIGNALING": "running", "STAGE_OUT": "running", "RESIZING": "running", "PREEMPTED": "pending",
-    "FAILED": "failed", "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed",
-    "BOOT_FAIL": "failed", "DEADLINE": "failed", "CANCELLED": "cancelled",
-    "COMPLETED": "missing",  # the job ended well but left no marker: outputs were removed since
-    "PREEMPTED_REQUEUE": "pending",
-}
+#: what ``status`` shows for an executor's states that are not its own columns: a job that ended
+#: well without a marker (its outputs were removed since), or one its executor cannot tell about
+_SHOWN = {DONE: "missing", UNKNOWN: "missing"}
 
 
 @dataclass
@@ -39,28 +36,21 @@ class TaskState:
     state: str
     job_id: str | None = None
     detail: str = ""
-    recorded_failure: bool = False  # the task itself wrote down that it failed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@dataclass
+class _Submitted:
+    """The tasks of a graph that are not done and were submitted, by the executor that did it."""
+
+    records: dict[str, dict[str, Submission]]  # executor name -> task id -> its record
+    attempts: dict[str, dict]  # task id -> its attempt record, where newer than its submission
 
 
-def task_states(graph: Graph, store: Store) -> list[TaskState]:
-    """The state of every task of the graph.
-
-    Markers say what is done. For the rest, ONE ``squeue`` call says what is still queued or
-    running; only tasks that left the queue with neither a marker nor a recorded failure need
-    ``sacct`` (one more call) to name how they ended (cancelled, timed out, out of memory).
-    """
+def _survey(graph: Graph, store: Store) -> tuple[list[TaskState], _Submitted]:
+    """Every task's state as far as markers and attempt records tell, and what the executors
+    must be asked about."""
     out: list[TaskState] = []
-    slurm: dict[str, dict] = {}  # task id -> submission record, for tasks not known done or failed
+    submitted = _Submitted({}, {})
     for node in graph.nodes.values():
         done = store.completed(node.stage.name, node.key)
         for i in range(node.size):
@@ -68,53 +58,45 @@ def task_states(graph: Graph, store: Store) -> list[TaskState]:
             if i in done:
                 out.append(TaskState(tid, "done"))
                 continue
-            sub = read_json(store.submission(node.stage.name, node.key, i)) or {}
+            sub = read_submission(store, node.stage.name, node.key, i)
             att = read_json(store.attempt(node.stage.name, node.key, i)) or {}
-            if sub and att and sub.get("submitted", "") > att.get("started", ""):
+            if sub and att and sub.submitted > att.get("started", ""):
                 att = {}  # resubmitted since that attempt: the new submission decides
-            if sub.get("executor") == "slurm":
-                state = TaskState(tid, "?", sub["job_id"], att.get("error", ""),
-                                  recorded_failure=att.get("state") == "failed")
-                slurm[tid] = sub
-            elif att.get("state") == "failed":
-                state = TaskState(tid, "failed", sub.get("job_id"), att.get("error", ""))
-            elif att.get("state") == "running":
-                alive = att.get("host") != socket.gethostname() or _pid_alive(int(att.get("pid", 0)))
-                state = TaskState(tid, "running" if alive else "failed", sub.get("job_id"),
-                                  "" if alive else "its process is gone")
-            elif sub:
-                state = TaskState(tid, "pending" if _local_submit_alive(graph) else "missing",
-                                  sub.get("job_id"))
-            else:
-                state = TaskState(tid, "missing")
-            out.append(state)
-    if slurm:
-        from hpcgen.pipeline.executors.slurm import final_states, live_states, local_time
-
-        live = live_states(sorted({s["job_id"] for s in slurm.values()}))
-        pending_final = {}
-        for state in out:
-            if state.state != "?":
+            if sub is None:  # never submitted (the debug executor writes no records): its attempt tells
+                found = attempt_state(att) or JobState(UNKNOWN)
+                out.append(TaskState(tid, _SHOWN.get(found.state, found.state), None, found.detail))
                 continue
-            raw = live.get(state.job_id or "")
-            if raw is not None:
-                state.state, state.detail = _SLURM_TO_STATE.get(raw, "running"), raw
-            elif state.recorded_failure:
-                state.state = "failed"
-            else:
-                pending_final[state.job_id] = local_time(slurm[state.id]["submitted"])
-        final = final_states(pending_final) if pending_final else {}
-        for state in out:
-            if state.state == "?":
-                raw = final.get(state.job_id or "")
-                state.state = _SLURM_TO_STATE.get(raw or "", "failed")
-                state.detail = raw or "left the queue without finishing"
+            out.append(TaskState(tid, "missing", sub.job_id))
+            submitted.records.setdefault(sub.executor, {})[tid] = sub
+            submitted.attempts[tid] = att
+    return out, submitted
+
+
+def _executors(graph: Graph, store: Store, submitted: _Submitted) -> list[tuple[Executor, dict[str, Submission]]]:
+    """Each executor the records name, with its records. A name no executor is registered under
+    (a record of another hpcgen) is answered from the tasks' attempt records alone."""
+    out = []
+    for name, records in submitted.records.items():
+        try:
+            cls = executor_class(name)
+        except ConfigError:  # the base class's answers, from the attempt records alone
+            from hpcgen.pipeline.executors.debug import DebugExecutor as cls
+        out.append((cls(graph.experiment, store), records))
     return out
 
 
-def _local_submit_alive(graph: Graph) -> bool:
-    rec = read_json(graph.experiment.dir / "local.json")
-    return bool(rec) and rec.get("host") == socket.gethostname() and _pid_alive(int(rec.get("pid", 0)))
+def task_states(graph: Graph, store: Store) -> list[TaskState]:
+    """The state of every task of the graph: markers, then each executor that the submission
+    records name, asked once about all of its tasks."""
+    out, submitted = _survey(graph, store)
+    found: dict[str, JobState] = {}
+    for executor, records in _executors(graph, store, submitted):
+        found.update(executor.states(records, submitted.attempts))
+    for state in out:
+        if state.id in found:
+            job = found[state.id]
+            state.state, state.detail = _SHOWN.get(job.state, job.state), job.detail
+    return out
 
 
 def summarize(graph: Graph, states: list[TaskState]) -> dict[str, Counter]:
@@ -127,28 +109,16 @@ def summarize(graph: Graph, states: list[TaskState]) -> dict[str, Counter]:
 
 
 def cancel(graph: Graph, store: Store) -> tuple[int, str]:
-    """Cancel this experiment's queued or running work; returns (count, how)."""
-    states = task_states(graph, store)
-    live = [s for s in states if s.state in ("pending", "running") and s.job_id and _is_slurm(store, s)]
-    slurm_ids = sorted({s.job_id for s in live})
-    count = 0
-    if slurm_ids:
-        res = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, timeout=60)
-        if res.returncode != 0:
-            raise SubmitError(f"scancel failed: {res.stderr.strip()}")
-        count += len(live)
-    rec = read_json(graph.experiment.dir / "local.json")
-    if rec and rec.get("host") == socket.gethostname() and _pid_alive(int(rec.get("pid", 0))):
-        os.kill(int(rec["pid"]), signal.SIGTERM)
-        count += sum(1 for s in states if s.state in ("pending", "running"))
-        return count, f"stopped the local submit (pid {rec['pid']})"
-    return count, "scancel" if slurm_ids else "nothing to cancel"
-
-
-def _is_slurm(store: Store, state: TaskState) -> bool:
-    stage, key, index = state.id.split("/")
-    sub = read_json(store.submission(stage, key, int(index))) or {}
-    return sub.get("executor") == "slurm"
+    """Cancel this experiment's queued or running work: each executor the records name cancels
+    its own tasks. Returns (count, how)."""
+    _, submitted = _survey(graph, store)
+    count, hows = 0, []
+    for executor, records in _executors(graph, store, submitted):
+        n, how = executor.cancel(records, submitted.attempts)
+        count += n
+        if how:
+            hows.append(how)
+    return count, "; ".join(hows) or "nothing to cancel"
 
 
 def stage_list(graph: Graph) -> str:
@@ -244,5 +214,5 @@ def find_task(graph: Graph, ref: str, pipeline: Pipeline | None = None) -> tuple
 
 
 def log_paths(store: Store, stage: str, key: str, index: int) -> list[Path]:
-    sub = read_json(store.submission(stage, key, index)) or {}
-    return [Path(p) for p in (sub.get("stdout"), sub.get("stderr")) if p]
+    sub = read_submission(store, stage, key, index)
+    return [Path(p) for p in (sub.stdout, sub.stderr) if p] if sub else []

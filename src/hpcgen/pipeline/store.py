@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import platform
 import shutil
@@ -37,6 +35,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hpcgen.pipeline import container as images
+
+# the store's file primitives (``hpcgen.pipeline.files``), which most of hpcgen imports from here
+from hpcgen.pipeline.files import read_json as read_json
+from hpcgen.pipeline.files import sha256_file as sha256_file
+from hpcgen.pipeline.files import write_json as write_json
+
 PROVENANCE_PACKAGES = (
     "hpcgen", "submitit", "torch", "deepspeed", "transformers", "sentence-transformers",
     "h5py", "numpy", "pydantic", "pyarrow",
@@ -47,41 +52,6 @@ PROVENANCE_MODULES = ("cupy",)
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, say: leave no half-written temporary behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def read_json(path: Path) -> Any | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a torn or foreign file counts as absent
-
-
-def sha256_file(path: Path, bufsize: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checksums(path: Path) -> dict[str, Any]:
@@ -142,8 +112,6 @@ def scheduler_ids() -> dict[str, str]:
 
 def provenance(container: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where and with what a task ran. ``container``: the image it was submitted to run in."""
-    from hpcgen.pipeline import container as images
-
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),

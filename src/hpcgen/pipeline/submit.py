@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,53 +9,13 @@ from rich.console import Console
 
 from hpcgen.config import Experiment
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.executors.base import Batch, Executor
+from hpcgen.pipeline.executors import executor_class, make_executor
+from hpcgen.pipeline.executors.base import Batch, Executor, Submission, read_submission
 from hpcgen.pipeline.graph import Graph, Node
 from hpcgen.pipeline.registry import Pipeline
 from hpcgen.pipeline.runner import TaskSpec
 from hpcgen.pipeline.stage import Upstream
-from hpcgen.pipeline.store import Store, file_lock, lock_holder, read_json, write_json
-
-
-def resolve_executor(name: str) -> str:
-    """``auto``: Slurm where ``sbatch`` is on PATH, else local. Where ``sbatch`` is there but no
-    controller answers (a login node whose controller is down or unreachable), refuse: running
-    a whole study on a login node is never what ``auto`` should mean."""
-    if name != "auto":
-        return name
-    if not shutil.which("sbatch"):
-        return "local"
-    reason = None
-    if not shutil.which("scontrol"):
-        reason = "scontrol is not, so the controller cannot be asked"
-    else:
-        try:
-            ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
-            if ping.returncode == 0 and "UP" in ping.stdout:
-                return "slurm"
-            said = (ping.stdout + ping.stderr).strip().splitlines()
-            reason = f"no Slurm controller answers (scontrol ping: {said[0] if said else f'exit {ping.returncode}'})"
-        except subprocess.TimeoutExpired:
-            reason = "no Slurm controller answers (scontrol ping timed out after 15 s)"
-        except OSError as exc:
-            reason = f"scontrol could not run ({exc})"
-    raise ConfigError(f"executor auto: sbatch is on PATH but {reason}", key="cluster.executor",
-                      fix="pass --executor local to run on this machine, or --executor slurm once the "
-                          "controller answers")
-
-
-def make_executor(name: str, exp: Experiment, store: Store, console: Console) -> Executor:
-    name = resolve_executor(name)
-    if name == "slurm":
-        from hpcgen.pipeline.executors.slurm import SlurmExecutor as cls
-    elif name == "local":
-        from hpcgen.pipeline.executors.local import LocalExecutor as cls
-    elif name == "debug":
-        from hpcgen.pipeline.executors.debug import DebugExecutor as cls
-    else:
-        raise ConfigError(f"unknown executor {name!r}", key="cluster.executor",
-                          fix="use auto, slurm, local or debug")
-    return cls(exp, store, console)
+from hpcgen.pipeline.store import Store, file_lock, lock_holder, write_json
 
 
 def check_inputs(exp: Experiment, graph: Graph) -> None:
@@ -66,7 +24,8 @@ def check_inputs(exp: Experiment, graph: Graph) -> None:
     from hpcgen.pipeline.container import check_image
 
     container = exp.cluster.container
-    if container is not None and exp.cluster.executor != "debug":  # the debug executor ignores images
+    name = exp.cluster.executor  # an executor that runs tasks in this process ignores images
+    if container is not None and (name == "auto" or executor_class(name).own_processes):
         try:
             check_image(container)
         except ConfigError as err:
@@ -114,15 +73,15 @@ def survey(graph: Graph, store: Store, executor: Executor, forced: set[str] | fr
     count as not complete (what a forced submit would run)."""
     pending: dict[str, list[int]] = {}
     complete: dict[str, set[int]] = {}
-    records: dict[str, dict] = {}
+    records: dict[str, Submission] = {}
     for node in graph.nodes.values():
         listed = store.completed(node.stage.name, node.key) if node.id not in forced else set()
         done = {i for i in listed if i < node.size and store.is_complete(node.stage.name, node.key, i)}
         complete[node.id] = done
         pending[node.id] = [i for i in range(node.size) if i not in done]
         for i in pending[node.id]:
-            rec = read_json(store.submission(node.stage.name, node.key, i))
-            if rec and rec.get("executor") == executor.name:
+            rec = read_submission(store, node.stage.name, node.key, i)
+            if rec and rec.executor == executor.name:
                 records[f"{node.id}/{i:05d}"] = rec
     in_flight = executor.in_flight(records) if records else {}
     for node in graph.nodes.values():
@@ -226,9 +185,9 @@ def submit(exp: Experiment, pipeline: Pipeline, graph: Graph, *, executor_name: 
         todo = survey(graph, store, executor)
         _describe(console, graph, todo, executor.name, dry_run=False, force=force)
         batches = make_batches(graph, store, todo)
-        code = executor.launch(batches) if batches else 0
+        code = executor.submit(batches) if batches else 0
     queued = set()
-    if executor.name == "slurm" and code == 0:  # queued now or by an earlier submit, still in the queue
+    if executor.detached and code == 0:  # queued now or by an earlier submit, still in the queue
         queued = {spec.id for batch in batches for spec in batch.specs} | set(todo.in_flight)
     _say_report(console, graph, store, queued)
     return code

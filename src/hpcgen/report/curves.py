@@ -14,8 +14,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from hpcgen.contracts import arrangement as arrangement_contract
+from hpcgen.contracts import snapshots as snapshots_contract
+from hpcgen.contracts.losses import Losses, load_losses
 
 #: the nine similarity distance measures of the paper's Appendix B.4 (Figure 15), in its order
 MEASURES = ("cosine_min", "cosine_max", "cosine_avg", "cosine_centroid",
@@ -24,9 +27,6 @@ MEASURE_NAMES = {"cosine_min": "Cosine-Min", "cosine_max": "Cosine-Max", "cosine
                  "cosine_centroid": "Cosine-Centroid", "euclidean_min": "Euclidean-Min",
                  "euclidean_max": "Euclidean-Max", "euclidean_avg": "Euclidean-Avg",
                  "euclidean_centroid": "Euclidean-Centroid", "bigram_kl": "bigram KL"}
-
-
-DEFAULT_SOURCE = "all"  # the source of records in files without /source (or with an empty label)
 
 
 @dataclass(frozen=True)
@@ -108,59 +108,6 @@ class RunCurve:
         return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-GENERATION_METRICS = ("exact_match", "rouge1", "rougeL", "reward")
-
-
-@dataclass
-class Losses:
-    """The evaluation outputs of one run, snapshots in step order."""
-
-    steps: np.ndarray
-    items_seen: np.ndarray
-    loss: np.ndarray  # (k x n)
-    task: np.ndarray  # (n)
-    generalist: np.ndarray  # (n)
-    metrics: dict[str, np.ndarray]  # (k x n) each, where every file has it
-    seen: np.ndarray | None = None  # bool (n): the record's task has training records
-    source: np.ndarray | None = None  # (n) the label of the test source of each record
-
-    def __post_init__(self) -> None:
-        n = len(self.task)
-        if self.seen is None:  # older files: every test record is of an unseen task
-            self.seen = np.zeros(n, dtype=bool)
-        if self.source is None:
-            self.source = np.full(n, DEFAULT_SOURCE, dtype=object)
-
-
-def _strings(values) -> np.ndarray:
-    return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
-
-
-def load_losses(files: list[Path]) -> Losses:
-    """The snapshots of every file (each evaluation array task writes one) in step order. The
-    records (task, generalist, seen, source) are the same in every file; the last file's are kept."""
-    parts: dict[str, list[np.ndarray]] = {"steps": [], "items_seen": [], "loss": []}
-    task = generalist = seen = source = None
-    for path in files:
-        with h5py.File(path, "r") as f:
-            for key in ("steps", "items_seen", "loss", *GENERATION_METRICS):
-                if key in f:
-                    parts.setdefault(key, []).append(f[key][:])
-            task = _strings(f["task"][:])
-            generalist = f["generalist"][:]
-            seen = f["seen"][:].astype(bool) if "seen" in f else None
-            if "source" in f:
-                source = _strings(f["source"][:])
-                source[source == ""] = DEFAULT_SOURCE
-            else:
-                source = None
-    steps = np.concatenate(parts["steps"])
-    order = np.argsort(steps, kind="stable")
-    metrics = {m: np.concatenate(parts[m])[order] for m in GENERATION_METRICS if len(parts.get(m, [])) == len(files)}
-    return Losses(steps[order], np.concatenate(parts["items_seen"])[order], np.concatenate(parts["loss"])[order],
-                  task, generalist, metrics, seen, source)
-
-
 def nanmean_rows(x: np.ndarray) -> np.ndarray:
     """Row means ignoring NaN; a row of only NaN stays NaN (no warning)."""
     counts = np.sum(~np.isnan(x), axis=1)
@@ -169,40 +116,24 @@ def nanmean_rows(x: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _window(params) -> tuple[int, int] | None:
-    """``params.window`` ([i, j] or null) from the arrangement's JSON attribute, if well formed."""
-    try:
-        w = json.loads(_text(params)).get("window")
-        i, j = (int(x) for x in w)
-        return (i, j)
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
 def read_arrangement(curve: RunCurve, path: Path) -> None:
     """The SD_k curve, the nine measures (``/measures``), the strategy and the round window."""
-    with h5py.File(path, "r") as f:
-        if "sd_curve" in f:
-            curve.sd = f["sd_curve"][:]
-            curve.sd_interval = int(f.attrs["sd_interval"]) if "sd_interval" in f.attrs else None
-        if "strategy" in f.attrs:
-            curve.strategy = _text(f.attrs["strategy"])
-        if "params" in f.attrs:
-            curve.window = _window(f.attrs["params"])
-        m = f.get("measures")
-        if isinstance(m, h5py.Group) and "items_seen" in m:
-            curve.measure_items = m["items_seen"][:].astype(np.int64)
-            curve.measure_tasks = [_text(t) for t in m["tasks"][:]] if "tasks" in m else []
-            k = len(curve.measure_items)
-            for name in MEASURES:
-                if f"overall/{name}" in m and m[f"overall/{name}"].shape == (k,):
-                    curve.measures[name] = m[f"overall/{name}"][:].astype(np.float64)
-                if f"per_task/{name}" in m and m[f"per_task/{name}"].shape == (k, len(curve.measure_tasks)):
-                    curve.measures_per_task[name] = m[f"per_task/{name}"][:].astype(np.float64)
+    a = arrangement_contract.read_arrangement(path)
+    if a.sd_curve is not None:
+        curve.sd = a.sd_curve
+        curve.sd_interval = a.sd_interval
+    if a.strategy is not None:
+        curve.strategy = a.strategy
+    if "params" in a.attrs:
+        curve.window = a.window
+    if a.measures is not None:
+        curve.measure_items = a.measures.items_seen
+        curve.measure_tasks = a.measures.tasks
+        for name in MEASURES:
+            if name in a.measures.overall:
+                curve.measures[name] = a.measures.overall[name]
+            if name in a.measures.per_task:
+                curve.measures_per_task[name] = a.measures.per_task[name]
 
 
 def _group_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -262,12 +193,7 @@ def build_curve(run_id: str, meta: dict, loss_files: list[Path], arrangement: Pa
         read_exact_match(curve, ev)
     if arrangement is not None and arrangement.is_file():
         read_arrangement(curve, arrangement)
-    if train_summary is not None and train_summary.is_file():
-        try:
-            data = json.loads(train_summary.read_text())
-            curve.train = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            curve.train = {}
+    curve.train = snapshots_contract.read_summary(train_summary)
     return curve
 
 

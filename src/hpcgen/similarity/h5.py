@@ -1,5 +1,10 @@
 """HDF5 files of the embed and similarity stages: writers, readers and the documented layout.
 
+The embeddings contract (embed stage: ``write_shard``; read by ``EmbeddingSet``) and the
+distances contract (similarity stage: ``create_matrix``, ``write_block_results``,
+``write_block_attrs`` and the virtual joins; read by ``SimilarityNode``, ``merge_topk`` and
+``read_aggregate``). Missing or foreign files are an UpstreamError naming the node and file.
+
 Embed shard ``embeddings-SSSSS.h5`` (one per array task, a contiguous range of records):
     /embeddings   float32|float16 (n, dim)   one row per record, in records.parquet order
     /ids          utf-8 strings (n)          record ids
@@ -18,8 +23,12 @@ Similarity block ``similarity-BBBBB.h5`` (one per array task, a contiguous range
     attributes: metrics, row_start, row_end, n_train, n_test, dim, dtype, backend, block, blocks, k,
                 model, hpcgen_version
 Task 0 of the similarity stage also writes ``distances.h5`` and ``embeddings.h5``: virtual datasets
-that join the blocks (``/cosine``, ``/euclidean``) and the embedding shards (``/train``, ``/test``)
-without copying.
+that join the blocks and the embedding shards without copying (paths relative to the node):
+    distances.h5   /cosine, /euclidean   (n_train, n_test), the stored metrics (with store_matrix only)
+                   attributes: metrics, n_train, n_test, blocks, hpcgen_version
+    embeddings.h5  /train (n_train, dim), /test (n_test, dim)   the shards' dtype
+                   attributes: the shards' (model, dim, normalized, ...) less shard, row_start,
+                   row_end; hpcgen_version
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import h5py
 import numpy as np
 
 from hpcgen import __version__
-from hpcgen.errors import ConfigError
+from hpcgen.contracts import Node, node_dir, require, upstream_error
 
 STR = h5py.string_dtype("utf-8")
 
@@ -44,6 +53,11 @@ def shard_name(i: int) -> str:
 
 def block_name(i: int) -> str:
     return f"similarity-{i:05d}.h5"
+
+
+#: the virtual joins task 0 of the similarity stage writes
+DISTANCES = "distances.h5"
+JOINED_EMBEDDINGS = "embeddings.h5"
 
 
 def bounds(n: int, parts: int, i: int) -> tuple[int, int]:
@@ -58,29 +72,47 @@ class Shard:
     hi: int
 
 
-class EmbeddingSet:
-    """The embedding shards of one embed node, joined by an index of row ranges (no copy)."""
+def write_shard(path: Path, emb: np.ndarray, ids: list[str], splits: list[str], lo: int, hi: int,
+                attrs: dict) -> None:
+    """Embed shard ``path``: rows [lo, hi) of the records (``emb`` already in the stored dtype);
+    ``attrs`` the documented attributes but for row_start, row_end and hpcgen_version."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("embeddings", data=emb, chunks=(max(1, min(len(emb), 4096)), emb.shape[1]) if len(emb)
+                         else None)
+        f.create_dataset("ids", data=ids, dtype=STR)
+        f.create_dataset("split", data=splits, dtype=STR)
+        f.create_dataset("rows", data=np.arange(lo, hi, dtype=np.int64))
+        f.attrs.update({**attrs, "row_start": lo, "row_end": hi, "hpcgen_version": __version__})
 
-    def __init__(self, node_dir: Path, shards: int, where: str = "embed") -> None:
+
+class EmbeddingSet:
+    """The embedding shards of one embed node, joined by an index of row ranges (no copy).
+
+    ``node``: the embed node (``task.input("embed")``) or its directory; ``shards``: how many
+    (default: the node's array size)."""
+
+    def __init__(self, node: Node, shards: int | None = None) -> None:
+        shards = node.size if shards is None else shards
         self.shards: list[Shard] = []
         attrs = None
         for i in range(shards):
-            path = Path(node_dir) / shard_name(i)
-            if not path.is_file():
-                raise ConfigError(f"embedding shard {str(path)!r} is missing", key=where,
-                                  fix="run the embed stage first (hpcgen submit)")
-            with h5py.File(path, "r") as f:
-                a = dict(f.attrs)
-                if "embeddings" not in f or "row_start" not in a:
-                    raise ConfigError(f"{str(path)!r} is not an hpcgen embedding shard", key=where)
-                if attrs is not None and (a["dim"] != attrs["dim"] or a["model"] != attrs["model"]):
-                    raise ConfigError(f"{str(path)!r} has dim {a['dim']} of model {a['model']!r}, but shard 0 "
-                                      f"has dim {attrs['dim']} of {attrs['model']!r}", key=where,
-                                      fix="recompute the embed stage (--force embed)")
-                attrs = attrs or a
-                self.shards.append(Shard(path, int(a["row_start"]), int(a["row_end"])))
-        if not self.shards:
-            raise ConfigError("no embedding shards", key=where)
+            name = shard_name(i)
+            path = require(node, name)
+            try:
+                with h5py.File(path, "r") as f:
+                    a = dict(f.attrs)
+                    found = "embeddings" in f
+            except OSError as exc:
+                raise upstream_error(node, name, f"cannot be read as HDF5 ({exc})") from None
+            if not found or "row_start" not in a:
+                raise upstream_error(node, name, "is not an hpcgen embedding shard")
+            if attrs is not None and (a["dim"] != attrs["dim"] or a["model"] != attrs["model"]):
+                raise upstream_error(node, name, f"has dim {a['dim']} of model {a['model']!r}, but shard 0 "
+                                                 f"has dim {attrs['dim']} of {attrs['model']!r}")
+            attrs = attrs or a
+            self.shards.append(Shard(path, int(a["row_start"]), int(a["row_end"])))
+        if not self.shards or attrs is None:
+            raise upstream_error(node, shard_name(0), "no embedding shards")
         self.attrs = attrs
         self.dim = int(attrs["dim"])
         self.n = self.shards[-1].hi
@@ -89,8 +121,7 @@ class EmbeddingSet:
         self.split = np.concatenate([np.asarray(x, dtype=object) for x in splits]) if splits else np.array([])
         self.n_train = int((self.split == "train").sum())
         if not (self.split[: self.n_train] == "train").all():
-            raise ConfigError("training records are not first in the embeddings", key=where,
-                              fix="recompute prepare and embed")
+            raise upstream_error(node, shard_name(0), "training records are not first in the embeddings")
 
     @staticmethod
     def _read(name: str, shard: Shard):
@@ -148,7 +179,8 @@ class EmbeddingSet:
 
 def write_virtual_embeddings(target: Path, emb: EmbeddingSet) -> None:
     """``/train`` and ``/test`` virtual datasets over the shards (paths relative to ``target``)."""
-    dtype = h5py.File(emb.shards[0].path, "r")["embeddings"].dtype
+    with h5py.File(emb.shards[0].path, "r") as f:
+        dtype = f["embeddings"].dtype
     layouts = {"train": h5py.VirtualLayout((emb.n_train, emb.dim), dtype=dtype),
                "test": h5py.VirtualLayout((emb.n_test, emb.dim), dtype=dtype)}
     for s in emb.shards:
@@ -178,15 +210,92 @@ def write_virtual_distances(target: Path, block_files: list[str], block_rows: li
                         "hpcgen_version": __version__})
 
 
-def merge_topk(node_dir: Path, blocks: int, metric: str = "cosine",
+# --------------------------------------------------------------------------------------------
+# Similarity blocks: written by the similarity stage, one per array task
+
+
+def create_matrix(f: h5py.File, metric: str, n: int, n_test: int, dtype: str, chunk_rows: int) -> h5py.Dataset:
+    """The block's ``/<metric>`` (n, n_test) dataset, chunked by ``chunk_rows`` rows, for the
+    caller to fill."""
+    return f.create_dataset(metric, shape=(n, n_test), dtype=dtype, chunks=(chunk_rows, n_test) if n else None)
+
+
+def write_block_results(f: h5py.File, metric: str, aggregates: dict[str, np.ndarray], index: np.ndarray,
+                        distance: np.ndarray) -> None:
+    """A block's per-row aggregates and top-K (index, distance: (k, n_test)) of one metric."""
+    for name, values in aggregates.items():
+        f.create_dataset(f"aggregates/{metric}/{name}", data=values)
+    f.create_dataset(f"topk/{metric}/index", data=index)
+    f.create_dataset(f"topk/{metric}/distance", data=distance)
+
+
+def write_block_rows(f: h5py.File, lo: int, hi: int) -> None:
+    """``/train_rows``: the block's global training rows [lo, hi)."""
+    f.create_dataset("train_rows", data=np.arange(lo, hi, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """The attributes of a similarity block (every block of a node agrees on metrics, n_train,
+    n_test, dim, dtype, blocks and model)."""
+
+    metrics: list[str]
+    row_start: int
+    row_end: int
+    n_train: int
+    n_test: int
+    dim: int
+    dtype: str
+    backend: str
+    block: int
+    blocks: int
+    k: int
+    model: str
+
+
+def write_block_attrs(f: h5py.File, info: BlockInfo) -> None:
+    f.attrs.update({**{name: getattr(info, name) for name in BlockInfo.__dataclass_fields__},
+                    "metrics": list(info.metrics), "hpcgen_version": __version__})
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_block_info(node: Node, i: int = 0) -> BlockInfo:
+    name = block_name(i)
+    path = require(node, name)
+    try:
+        with h5py.File(path, "r") as f:
+            a = dict(f.attrs)
+    except OSError as exc:
+        raise upstream_error(node, name, f"cannot be read as HDF5 ({exc})") from None
+    missing = [k for k in BlockInfo.__dataclass_fields__ if k not in a]
+    if missing:
+        raise upstream_error(node, name, f"is not an hpcgen similarity block (no attribute {missing[0]!r})")
+    ints = ("row_start", "row_end", "n_train", "n_test", "dim", "block", "blocks", "k")
+    return BlockInfo(metrics=[_text(m) for m in a["metrics"]], dtype=_text(a["dtype"]), backend=_text(a["backend"]),
+                     model=_text(a["model"]), **{k: int(a[k]) for k in ints})
+
+
+def _read_blocks(node: Node, blocks: int, *datasets: str) -> list[list[np.ndarray]]:
+    """``datasets`` of every block, in block order: one list per dataset."""
+    out: list[list[np.ndarray]] = [[] for _ in datasets]
+    for i in range(blocks):
+        name = block_name(i)
+        with h5py.File(require(node, name), "r") as f:
+            for j, dataset in enumerate(datasets):
+                if dataset not in f:
+                    raise upstream_error(node, name, f"has no dataset /{dataset}")
+                out[j].append(f[dataset][:])
+    return out
+
+
+def merge_topk(node: Node, blocks: int, metric: str = "cosine",
                k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The K nearest training rows of every test item over all blocks: (index, distance), (k, n_test),
     ordered by (distance, row index)."""
-    dists, idx = [], []
-    for i in range(blocks):
-        with h5py.File(Path(node_dir) / block_name(i), "r") as f:
-            dists.append(f[f"topk/{metric}/distance"][:])
-            idx.append(f[f"topk/{metric}/index"][:])
+    dists, idx = _read_blocks(node, blocks, f"topk/{metric}/distance", f"topk/{metric}/index")
     d = np.concatenate(dists)
     ix = np.concatenate(idx)
     from hpcgen.similarity.kernels import column_order
@@ -196,10 +305,51 @@ def merge_topk(node_dir: Path, blocks: int, metric: str = "cosine",
     return np.take_along_axis(ix, order, 0)[:k], np.take_along_axis(d, order, 0)[:k]
 
 
-def read_aggregate(node_dir: Path, blocks: int, metric: str, agg: str) -> np.ndarray:
+def read_aggregate(node: Node, blocks: int, metric: str, agg: str) -> np.ndarray:
     """Per-training-row aggregate over all blocks, in training row order."""
-    parts = []
-    for i in range(blocks):
-        with h5py.File(Path(node_dir) / block_name(i), "r") as f:
-            parts.append(f[f"aggregates/{metric}/{agg}"][:])
+    [parts] = _read_blocks(node, blocks, f"aggregates/{metric}/{agg}")
     return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class JoinedEmbeddings:
+    """embeddings.h5 of a similarity node, read into memory as float32."""
+
+    train: np.ndarray  # (n_train, dim)
+    test: np.ndarray  # (n_test, dim)
+    normalized: bool
+
+
+class SimilarityNode:
+    """What later stages read of one similarity node (``task.input("similarity")``): block 0's
+    attributes (``info``), the aggregates and top-K over all blocks, the joined embeddings and,
+    where it was stored, the whole matrix of a metric."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.dir = node_dir(node)
+        self.blocks = int(node.size)
+        self.info = read_block_info(node, 0)
+
+    def aggregate(self, metric: str, agg: str) -> np.ndarray:
+        return read_aggregate(self.node, self.blocks, metric, agg)
+
+    def topk(self, metric: str = "cosine", k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(self.node, self.blocks, metric, k)
+
+    def embeddings(self) -> JoinedEmbeddings:
+        path = require(self.node, JOINED_EMBEDDINGS)
+        with h5py.File(path, "r") as f:
+            if "train" not in f or "test" not in f:
+                raise upstream_error(self.node, JOINED_EMBEDDINGS, "has no /train and /test")
+            return JoinedEmbeddings(np.asarray(f["train"][:], dtype=np.float32),
+                                    np.asarray(f["test"][:], dtype=np.float32), bool(f.attrs.get("normalized", True)))
+
+    def matrix(self, metric: str) -> np.ndarray | None:
+        """The stored (n_train, n_test) distances of ``metric`` as float32; None where the node
+        stored none (``store_matrix: false``) or not this metric."""
+        stored = self.dir / DISTANCES
+        if not stored.is_file():
+            return None
+        with h5py.File(stored, "r") as f:
+            return np.asarray(f[metric][:], dtype=np.float32) if metric in f else None

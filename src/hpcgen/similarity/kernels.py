@@ -82,12 +82,23 @@ def block_distances(xp, rows, test: HeldOut, metric: str, normalized: bool = Tru
 
 
 _POOL: ThreadPoolExecutor | None = None
+_THREADS: int | None = None  # set_threads: the task's CPUs; None: every CPU of the machine
+
+
+def set_threads(threads: int | None) -> None:
+    """How many threads the row passes may use: the task's CPUs (``task.meta.resources.threads``),
+    set by the stage that runs the kernels; None: every CPU of the machine."""
+    global _THREADS, _POOL
+    if threads != _THREADS and _POOL is not None:
+        _POOL.shutdown(wait=True)
+        _POOL = None
+    _THREADS = threads
 
 
 def _row_parts(xp, d) -> list[tuple[int, int]] | None:
     """Row ranges to spread a pass over CPU threads (NumPy releases the GIL); None: one thread."""
     global _POOL
-    workers = int(os.environ.get("HPCGEN_CPUS") or os.cpu_count() or 1)
+    workers = _THREADS or os.cpu_count() or 1
     if xp.__name__ != "numpy" or workers < 2 or d.shape[0] < 64 * workers:
         return None
     if _POOL is None:

@@ -9,21 +9,25 @@ was scored, exact_match_per_instruction.csv. Runs are grouped into settings by t
 first ``early_fraction`` of the steps minus the baseline's. Exact-Match is reported apart for
 unseen instructions (zero-shot) and held-out examples of seen ones, per test source too.
 ``hpcgen report FILE`` rebuilds the same from whatever is on disk, at any time, through the same
-``make_report``.
+``Aggregate.report`` on the aggregate node's upstreams. It reads the losses
+(hpcgen.contracts.losses), arrangements (hpcgen.contracts.arrangement) and train summaries
+(hpcgen.contracts.snapshots); hpcgen.contracts.report documents what it writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from hpcgen.config.schema import Model, Resources, SafeStr, StageConfig
+from hpcgen.contracts import arrangement, losses, snapshots
+from hpcgen.contracts import report as contract
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Stage, Task
+from hpcgen.pipeline.stage import RunInfo, Stage, Task, TaskMeta
 from hpcgen.report.curves import build_curve
-from hpcgen.report.document import write_report
 
 FigureKind = Literal["loss", "per_task", "sd_vs_loss", "measures", "windows", "metrics", "final_vs_axis",
                      "accuracy", "accuracy_curves", "heatmap", "accuracy_by_source"]
@@ -99,33 +103,34 @@ def figure_specs(cfg: ReportConfig) -> list[dict] | None:
     return out
 
 
-def collect(meta: dict, evaluate_nodes, arrange_nodes, train_nodes=()) -> list:
+def collect(runs: Mapping[str, RunInfo | Mapping[str, Any]], evaluate_nodes, arrange_nodes, train_nodes=()) -> list:
     """One curve per run from its evaluation outputs (runs without any are left out)."""
     curves = []
-    for run_id, info in meta.items():
+    for run_id, info in runs.items():
         ev = next((u for u in evaluate_nodes if run_id in u.runs), None)
         ar = next((u for u in arrange_nodes if run_id in u.runs), None)
         tr = next((u for u in train_nodes if run_id in u.runs), None)
-        files = sorted(ev.dir.glob("losses-*.h5")) if ev is not None else []
+        files = losses.loss_files(ev) if ev is not None else []
         if files:
-            curves.append(build_curve(run_id, info, files, ar.dir / "arrangement.h5" if ar is not None else None,
-                                      tr.dir / "summary.json" if tr is not None else None))
+            curves.append(build_curve(run_id, info.as_dict() if isinstance(info, RunInfo) else dict(info), files,
+                                      arrangement.arrangement_path(ar) if ar is not None else None,
+                                      snapshots.summary_path(tr) if tr is not None else None))
     return curves
 
 
-def make_report(meta: dict, inputs: dict[str, list], folder: Path, cfg: ReportConfig | None = None) -> dict:
-    """The report of an experiment into ``folder`` (made if missing), from its metadata (``runs``,
-    ``experiment``, ``provenance``: ``Experiment.meta()`` or a task's ``meta``) and its upstream
-    nodes by stage. Shared by the aggregate stage and ``hpcgen report``."""
+def make_report(meta: TaskMeta | Mapping[str, Any], inputs: dict[str, list], folder: Path,
+                cfg: ReportConfig | None = None) -> dict:
+    """The report of an experiment into ``folder`` (made if missing), from its metadata (a task's
+    ``meta``, or ``Experiment.meta()``: runs, experiment, provenance) and its upstream nodes by
+    stage. What the aggregate stage runs, in a job or for ``hpcgen report``."""
+    meta = TaskMeta.from_dict(meta)
     cfg = cfg if isinstance(cfg, ReportConfig) else ReportConfig()
-    curves = collect(meta.get("runs", {}), inputs.get("evaluate", []), inputs.get("arrange", []),
-                     inputs.get("train", []))
+    curves = collect(meta.runs, inputs.get("evaluate", []), inputs.get("arrange", []), inputs.get("train", []))
     if not curves:
         raise ConfigError("no run has evaluated snapshots yet", key="report", fix="run hpcgen submit first")
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_report(curves, folder, cfg.title or meta.get("experiment") or "hpcgen report", cfg.at_steps,
-                        figures=figure_specs(cfg), baseline=cfg.baseline, early_fraction=cfg.early_fraction,
-                        provenance=meta.get("provenance"))
+    return contract.write_report(folder, curves, title=cfg.title or meta.experiment or "hpcgen report",
+                                 at_steps=cfg.at_steps, figures=figure_specs(cfg), baseline=cfg.baseline,
+                                 early_fraction=cfg.early_fraction, provenance=meta.provenance)
 
 
 class Aggregate(Stage):
@@ -137,6 +142,12 @@ class Aggregate(Stage):
     version = 3  # Exact-Match on unseen / seen instructions and per source, the accuracy figures
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=1, gpus=0, mem=4096, time=30)
 
+    def report(self, meta: TaskMeta | Mapping[str, Any], inputs: dict[str, list], folder: Path,
+               cfg: ReportConfig | None = None) -> dict:
+        """The report into ``folder``: what ``run`` writes, and ``hpcgen report`` with the
+        aggregate node's own upstreams and metadata."""
+        return make_report(meta, inputs, folder, cfg)
+
     def run(self, task: Task) -> None:
-        result = make_report(task.meta, task.inputs, task.output_dir("report"), task.config.report)
+        result = self.report(task.meta, task.inputs, task.output_dir(contract.REPORT), task.config.report)
         task.log.info("report of %d run(s): %s", len(result["runs"]), ", ".join(result["figures"]))

@@ -1,20 +1,12 @@
 """arrange: the training order of a run, from its strategy (hpcgen.arrangements).
 
-Writes ``arrangement.h5``:
-    /order          int64 (n)   training rows in training order (0 = first training record)
-    /ids            utf-8 (n)   their record ids
-    /round          int32 (n)   round of each position (round-based strategies only)
-    /sd_curve       float64 (K) the headline SD_k at every ``sd_interval`` items (when distances
-                                exist): eq. 9 on the seen sub-matrix with the ``distance``
-                                operator (``wsd``: Cosine-Min_k + Scaled-Cosine-Avg_k, eq. 13), or
-                                with ``sd_measure: item_interval`` the older per-item interval mean
-    /measures/items_seen  int64 (K)       items seen at checkpoint k: min(k * sd_interval, n)
-    /measures/tasks       utf-8 (T)       the unseen test tasks
-    /measures/overall/<m>  float64 (K)    each measure of B.4 / Figure 15 against the whole test set
-    /measures/per_task/<m> float64 (K, T) and against each unseen task
-    attributes: strategy, params (JSON), n_train, n_test, n_selected, rounds, passes, sd_distance,
-    sd_measure, sd_interval, and for WSD orders the weights used (wsd_w_min, wsd_w_avg)
-The measures <m> are cosine_{min,max,avg,centroid}, euclidean_{...} (eq. 9, from the embeddings)
+Reads the records (hpcgen.contracts.records) and, for strategies that use distances, the
+similarity node (hpcgen.similarity.h5.SimilarityNode); writes ``arrangement.h5`` (the
+arrangement contract, hpcgen.contracts.arrangement, documents its layout): the order, its ids
+and rounds, and where distances exist the headline SD_k at every ``sd_interval`` items (eq. 9 on
+the seen sub-matrix with the ``distance`` operator, ``wsd``: Cosine-Min_k + Scaled-Cosine-Avg_k,
+eq. 13; or with ``sd_measure: item_interval`` the older per-item interval mean) and the measures
+of B.4 / Figure 15: cosine_{min,max,avg,centroid}, euclidean_{...} (eq. 9, from the embeddings)
 and bigram_kl (eqs. 10-12), as ``measures`` lists. Strategies that need no embeddings (random,
 round_robin, cluster) depend on prepare only, so they cause no embedding or similarity work
 (unless ``sd_curve: always``), and then have no curves.
@@ -26,19 +18,19 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from hpcgen import __version__
 from hpcgen.arrangements.strategies import NEEDS_SIMILARITY, STRATEGIES, Context
 from hpcgen.arrangements.tma import DenseDistances
 from hpcgen.config.schema import Resources, StageConfig
+from hpcgen.contracts import arrangement as contract
+from hpcgen.contracts import records as records_contract
+from hpcgen.contracts import upstream_error
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Stage, Task
-from hpcgen.similarity.h5 import STR, read_aggregate
-from hpcgen.similarity.kernels import HeldOut, block_distances
+from hpcgen.pipeline.stage import SectionView, Stage, Task
+from hpcgen.similarity.h5 import SimilarityNode, block_name
+from hpcgen.similarity.kernels import HeldOut, block_distances, set_threads
 from hpcgen.similarity.measures import (
     EMBEDDING_MEASURES,
     MEASURES,
@@ -139,7 +131,7 @@ class Arrange(Stage):
     upstream = ("prepare", "similarity")
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=8192, time=60)
 
-    def upstream_for(self, cfg) -> tuple[str, ...]:
+    def upstream_for(self, cfg: SectionView) -> tuple[str, ...]:
         a = cfg.arrange
         if a.strategy in NEEDS_SIMILARITY or a.sd_curve == "always":
             return ("prepare", "similarity")
@@ -147,53 +139,40 @@ class Arrange(Stage):
 
     def run(self, task: Task) -> None:
         p: ArrangeConfig = task.config.arrange
-        records = pq.read_table(task.input("prepare").dir / "records.parquet",
-                                columns=["id", "task", "split", "embed_text"])
-        split = np.asarray(records.column("split").to_pylist(), dtype=object)
-        train = np.flatnonzero(split == "train")
-        test = np.flatnonzero(split == "test")
+        set_threads(task.meta.resources.threads if task.meta.resources else None)
+        records = records_contract.read_records(task.input("prepare"), ["id", "task", "split", "embed_text"])
+        train, test = records.train_rows, records.test_rows
         if not test.size:
             raise ConfigError("the test set is empty", key="data", fix="arrangements are relative to a test set")
-        all_tasks = np.asarray(records.column("task").to_pylist(), dtype=object)
-        ids = np.asarray(records.column("id").to_pylist(), dtype=object)[train]
+        all_tasks = np.asarray(records.column("task"), dtype=object)
+        ids = np.asarray(records.column("id"), dtype=object)[train]
         ctx = Context(tasks=all_tasks[train], seed=p.seed, params=p)
-        sim = task.inputs.get("similarity", [None])[0]
+        sim_input = task.inputs.get("similarity", [None])[0]
+        sim = SimilarityNode(sim_input) if sim_input is not None else None
         if sim is not None:
             self._attach_similarity(ctx, sim, p, len(train))
         result = STRATEGIES[p.strategy](ctx)
-        curves = None
+        out = contract.Arrangement(order=result.order, ids=list(ids[result.order]), rounds=result.rounds, attrs={
+            "strategy": p.strategy, "params": json.dumps(p.model_dump(mode="json", exclude={"resources"})),
+            "n_train": len(train), "n_test": len(test), "n_selected": int(result.order.size)})
         if sim is not None:
-            texts = records.column("embed_text").to_pylist()
-            curves = self._curves(ctx, sim, p, result.order, [texts[i] for i in train], [texts[i] for i in test],
-                                  all_tasks[test])
-        tmp = task.output("arrangement.h5")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("order", data=result.order)
-            f.create_dataset("ids", data=list(ids[result.order]), dtype=STR)
-            if result.rounds is not None:
-                f.create_dataset("round", data=result.rounds)
-            attrs = {"strategy": p.strategy, "params": json.dumps(p.model_dump(mode="json", exclude={"resources"})),
-                     "n_train": len(train), "n_test": len(test), "n_selected": int(result.order.size),
-                     "hpcgen_version": __version__}
-            if curves is not None:
-                headline, measures, task_names, extra = curves
-                f.create_dataset("sd_curve", data=headline)
-                attrs.update(sd_distance=p.distance, sd_metric=p.metric, sd_interval=p.sd_interval,
+            headline, measures, task_names, extra = self._curves(
+                ctx, sim, p, result.order, records.train("embed_text"), records.test("embed_text"), all_tasks[test])
+            out.sd_curve = headline
+            out.attrs.update(sd_distance=p.distance, sd_metric=p.metric, sd_interval=p.sd_interval,
                              sd_measure=p.sd_measure, **extra)
-                if measures:
-                    g = f.create_group("measures")
-                    g.create_dataset("items_seen", data=checkpoint_ends(int(result.order.size), p.sd_interval))
-                    g.create_dataset("tasks", data=task_names, dtype=STR)
-                    for name, (overall, per_task) in measures.items():
-                        g.create_dataset(f"overall/{name}", data=overall)
-                        g.create_dataset(f"per_task/{name}", data=per_task)
-            attrs.update({k: v for k, v in result.attrs.items() if v is not None})
-            f.attrs.update(attrs)
+            if measures:
+                out.measures = contract.Measures(
+                    checkpoint_ends(int(result.order.size), p.sd_interval), task_names,
+                    {name: overall for name, (overall, _) in measures.items()},
+                    {name: per_task for name, (_, per_task) in measures.items()})
+        out.attrs.update({k: v for k, v in result.attrs.items() if v is not None})
+        contract.write_arrangement(task.output(contract.ARRANGEMENT), out)
         task.log.info("%s: %d of %d training items%s", p.strategy, result.order.size, len(train),
                       f", {result.attrs['rounds']} rounds" if "rounds" in result.attrs else "")
 
     @staticmethod
-    def _curves(ctx: Context, sim, p: ArrangeConfig, order: np.ndarray, train_texts: list[str],
+    def _curves(ctx: Context, sim: SimilarityNode, p: ArrangeConfig, order: np.ndarray, train_texts: list[str],
                 test_texts: list[str], test_tasks: np.ndarray):
         """(headline SD_k, {measure: (overall (K,), per task (K, T))}, task names, attrs)."""
         names = [str(t) if t is not None else "(all)" for t in test_tasks]
@@ -205,11 +184,8 @@ class Arrange(Stage):
         measures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         extra: dict = {}
         if metrics:
-            with h5py.File(sim.dir / "embeddings.h5", "r") as f:
-                train_emb = np.asarray(f["train"][:], dtype=np.float32)
-                test_emb = np.asarray(f["test"][:], dtype=np.float32)
-                normalized = bool(f.attrs.get("normalized", True))
-            sub = submatrix_curves(train_emb, test_emb, col_task, order, p.sd_interval, metrics, normalized,
+            emb = sim.embeddings()
+            sub = submatrix_curves(emb.train, emb.test, col_task, order, p.sd_interval, metrics, emb.normalized,
                                    p.block_rows)
             for name in sub["overall"]:
                 measures[name] = (sub["overall"][name], sub["per_task"][name])
@@ -230,13 +206,11 @@ class Arrange(Stage):
         return headline, measures, task_names, extra
 
     @staticmethod
-    def _attach_similarity(ctx: Context, sim, p: ArrangeConfig, n_train: int) -> None:
-        with h5py.File(sim.dir / "similarity-00000.h5", "r") as f:
-            metrics = list(f.attrs["metrics"])
-            n_test = int(f.attrs["n_test"])
-            if int(f.attrs["n_train"]) != n_train:
-                raise ConfigError(f"the similarity outputs cover {int(f.attrs['n_train'])} training rows, the records "
-                                  f"{n_train}", key="similarity", fix="recompute (--force similarity)")
+    def _attach_similarity(ctx: Context, sim: SimilarityNode, p: ArrangeConfig, n_train: int) -> None:
+        metrics, n_test = sim.info.metrics, sim.info.n_test
+        if sim.info.n_train != n_train:
+            raise upstream_error(sim.node, block_name(0), f"covers {sim.info.n_train} training rows, the records "
+                                                          f"{n_train} (made from other records)")
         if p.metric not in metrics:
             raise ConfigError(f"the similarity stage computed {metrics}, not {p.metric!r}", key="arrange.metric",
                               fix=f"add {p.metric} to similarity.metrics")
@@ -244,27 +218,21 @@ class Arrange(Stage):
 
         def item_distance(agg: str) -> np.ndarray:
             if agg not in cache:
-                cache[agg] = read_aggregate(sim.dir, sim.size, p.metric, agg)
+                cache[agg] = sim.aggregate(p.metric, agg)
             return cache[agg]
 
-        def embeddings() -> tuple[np.ndarray, np.ndarray, bool]:
-            with h5py.File(sim.dir / "embeddings.h5", "r") as f:
-                return (np.asarray(f["train"][:], dtype=np.float32), np.asarray(f["test"][:], dtype=np.float32),
-                        bool(f.attrs.get("normalized", True)))
-
         def distances():
-            stored = sim.dir / "distances.h5"
-            if stored.is_file() and n_train * n_test * 4 <= p.dense_limit_mb * 2**20:
-                with h5py.File(stored, "r") as f:
-                    if p.metric in f:
-                        return DenseDistances(np.asarray(f[p.metric][:], dtype=np.float32))
-            train, test, normalized = embeddings()
-            return EmbeddingDistances(train, HeldOut.build(np, test), p.metric, normalized)
+            if n_train * n_test * 4 <= p.dense_limit_mb * 2**20:
+                stored = sim.matrix(p.metric)
+                if stored is not None:
+                    return DenseDistances(stored)
+            emb = sim.embeddings()
+            return EmbeddingDistances(emb.train, HeldOut.build(np, emb.test), p.metric, emb.normalized)
 
         def task_distance(groups: list[np.ndarray], attrs: dict | None = None) -> np.ndarray:
-            train, test, normalized = embeddings()
-            means = np.stack([train[g].mean(axis=0) for g in groups]).astype(np.float32)
-            _, agg = block_distances(np, means, HeldOut.build(np, test), p.metric, False)
+            emb = sim.embeddings()
+            means = np.stack([emb.train[g].mean(axis=0) for g in groups]).astype(np.float32)
+            _, agg = block_distances(np, means, HeldOut.build(np, emb.test), p.metric, False)
             if p.distance == "wsd":  # eq. 13 over the task embeddings
                 values, w_min, w_avg = wsd(agg["min"], agg["avg"], p.wsd_weights, p.w_min, p.w_avg)
                 if attrs is not None:

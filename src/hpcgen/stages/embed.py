@@ -1,34 +1,27 @@
 """embed: sentence embeddings of the prepared records, one contiguous shard per array task.
 
-Each task encodes records [lo, hi) of records.parquet (``embed_text``) with sentence-transformers
-and writes ``embeddings-SSSSS.h5`` (layout in hpcgen.similarity.h5). sentence-transformers sorts
-each call's texts by length before batching, so batches hold texts of similar length; on a GPU
-the model runs in fp16 (``dtype_on_gpu``). Rows are checked: a NaN or zero-norm embedding is an
-error naming the record ids.
+Each task encodes records [lo, hi) of records.parquet (``embed_text``; read through
+hpcgen.contracts.records) with sentence-transformers and writes ``embeddings-SSSSS.h5`` (the
+embeddings contract: hpcgen.similarity.h5 documents the layout and has the writer and reader).
+sentence-transformers sorts each call's texts by length before batching, so batches hold texts of
+similar length; on a GPU the model runs in fp16 (``dtype_on_gpu``). Rows are checked: a NaN or
+zero-norm embedding is an error naming the record ids.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from typing import Literal
+from typing import Any, Literal
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from hpcgen import __version__
 from hpcgen.config.schema import ModelRef, Resources, StageConfig
-from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Stage, Task
-from hpcgen.similarity.h5 import STR, bounds, shard_name
+from hpcgen.contracts import records as records_contract
+from hpcgen.errors import ConfigError, DataError  # DataError lived here; still importable from here
+from hpcgen.pipeline.stage import SectionView, Stage, Task
+from hpcgen.similarity.h5 import bounds, shard_name, write_shard
 from hpcgen.similarity.model import DEFAULT_MODEL, resolve_model, revision_of, weights_sha256
-
-
-class DataError(ConfigError):
-    """Bad input found in the data itself (exit code 2 like any bad input)."""
 
 
 class EmbedConfig(StageConfig):
@@ -92,10 +85,10 @@ class Embed(Stage):
     upstream = ("prepare",)
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=8192, time=120)
 
-    def check(self, cfg) -> None:
+    def check(self, cfg: SectionView) -> None:
         resolve_model(cfg.embed.model)
 
-    def plan(self, cfg, upstream=None) -> int:
+    def plan(self, cfg: SectionView, upstream: dict[str, list[Any]] | None = None) -> int:
         if cfg.embed.shards:
             return cfg.embed.shards
         if cfg.embed.shard_size:
@@ -108,32 +101,21 @@ class Embed(Stage):
 
     def run(self, task: Task) -> None:
         cfg: EmbedConfig = task.config.embed
-        prepared = task.input("prepare").dir
-        records_path = prepared / "records.parquet"
-        if not records_path.is_file():
-            raise ConfigError(f"{str(records_path)!r} is missing", key="embed",
-                              fix="the prepare stage has not completed: hpcgen submit runs it first")
-        table = pq.read_table(records_path, columns=["id", "split", "embed_text"])
-        n = table.num_rows
+        prepared = task.input("prepare")
+        records = records_contract.read_records(prepared, ["id", "split", "embed_text"])
+        n = len(records)
         lo, hi = bounds(n, task.size, task.index)
-        ids = table.column("id").to_pylist()[lo:hi]
-        texts = table.column("embed_text").to_pylist()[lo:hi]
-        splits = table.column("split").to_pylist()[lo:hi]
-        threads = int(os.environ.get("HPCGEN_CPUS") or os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None
+        ids = records.column("id")[lo:hi]
+        texts = records.column("embed_text")[lo:hi]
+        splits = records.column("split")[lo:hi]
+        threads = task.meta.resources.threads if task.meta.resources else None
         emb, attrs = encode(texts, cfg, threads)
         norms = check_rows(emb, ids, "embed")
         if cfg.normalize and len(emb):
             emb /= norms[:, None].astype(np.float32)
-        summary = json.loads((prepared / "summary.json").read_text()) if (prepared / "summary.json").is_file() else {}
-        out = task.output(shard_name(task.index))
-        with h5py.File(out, "w") as f:
-            f.create_dataset("embeddings", data=emb.astype(cfg.dtype),
-                             chunks=(max(1, min(len(emb), 4096)), emb.shape[1]) if len(emb) else None)
-            f.create_dataset("ids", data=ids, dtype=STR)
-            f.create_dataset("split", data=splits, dtype=STR)
-            f.create_dataset("rows", data=np.arange(lo, hi, dtype=np.int64))
-            f.attrs.update({**attrs, "normalized": bool(cfg.normalize), "dtype": cfg.dtype,
-                            "template": summary.get("embed_template", ""), "shard": task.index,
-                            "shards": task.size, "row_start": lo, "row_end": hi, "records_total": n,
-                            "hpcgen_version": __version__})
+        summary = records_contract.read_summary(prepared)
+        write_shard(task.output(shard_name(task.index)), emb.astype(cfg.dtype), ids, splits, lo, hi,
+                    {**attrs, "normalized": bool(cfg.normalize), "dtype": cfg.dtype,
+                     "template": summary.embed_template, "shard": task.index, "shards": task.size,
+                     "records_total": n})
         task.log.info("embedded records [%d, %d) of %d with %s (dim %d)", lo, hi, n, cfg.model, attrs["dim"])

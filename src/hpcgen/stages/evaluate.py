@@ -8,34 +8,24 @@ weights deleted: a task stopped by its time limit or requeued goes on with the n
 Per snapshot and test record: the mean cross-entropy over the answer tokens, with the training
 stage's template, tokenizer and masking; batches are grouped by length.
 
-``losses-IIIII.h5``:
-    /steps      int64 (k)          the snapshots' training steps
-    /items_seen int64 (k)
-    /loss       float32 (k, n)     per snapshot and test record (NaN where it could not be computed)
-    /ids, /task utf-8 (n)          the test records
-    /generalist bool (n)           in the generalist subset
-    /seen       bool (n)           the record's task has training records (False for every unseen task)
-    /source     utf-8 (n)          the data source (its label) of each test record
-    /exact_match, /rouge1, /rougeL float32 (k, n)  with ``generate`` (greedy answers)
-    /exact_match (or /exact_match_forced beside a generated one)  with ``forced_exact_match``: greedy
-                                   decoding's verdict from the loss forward, no generation
+Reads the records (hpcgen.contracts.records) and the snapshots (hpcgen.contracts.snapshots);
+writes ``losses-IIIII.h5``, whose layout hpcgen.contracts.losses documents (with its writer, the
+reader the report uses, and the work files of committed snapshots).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from hpcgen.config.schema import ModelRef, Resources, StageConfig
+from hpcgen.contracts import losses as contract
+from hpcgen.contracts import records as records_contract
+from hpcgen.contracts import snapshots as snapshots_contract
 from hpcgen.pipeline.stage import Stage, Task
-from hpcgen.similarity.h5 import STR
 
 
 class EvalConfig(StageConfig):
@@ -150,7 +140,7 @@ def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu
     forward (see ``record_losses``)."""
     import torch
 
-    from hpcgen.metrics.loss import record_losses
+    from hpcgen.metrics.loss import IGNORE, record_losses
     from hpcgen.training.data import collate
 
     out = np.full(len(enc.ids), np.nan, dtype=np.float64)
@@ -161,15 +151,12 @@ def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
             b = {k: v.to(device) for k, v in collate(chunk, enc, pad_id).items()}
-            sums, n, *ok = record_losses(model, b, exact=exact)
-            empty = (n == 0).cpu().numpy()
-            values = (sums / n.clamp(min=1)).cpu().numpy()
-            values[empty] = np.nan
-            out[chunk] = values
+            got = record_losses(model, b, exact=exact, per="record")
+            means, ok = got if exact else (got, None)
+            out[chunk] = means.cpu().numpy()  # NaN for a record without answer tokens
             if exact:
-                verdict = ok[0].cpu().numpy().astype(np.float64)
-                verdict[empty] = np.nan
-                hits[chunk] = verdict
+                answered = (b["labels"][:, 1:] != IGNORE).any(1).cpu().numpy()
+                hits[chunk] = np.where(answered, ok.cpu().numpy(), np.nan)
     return (out, hits) if exact else out
 
 
@@ -204,12 +191,12 @@ class Evaluate(Stage):
 
         cfg: EvalConfig = task.config.eval
         train_cfg = task.config.train
-        prepared = task.input("prepare").dir
-        table = pq.read_table(prepared / "records.parquet").to_pylist()
-        test = [r for r in table if r["split"] == "test"]
-        template = json.loads((prepared / "summary.json").read_text())["template"]
-        trained = task.input("train").dir
-        snapshots = json.loads((trained / "snapshots.json").read_text())
+        prepared = task.input("prepare")
+        table = records_contract.read_records(prepared)
+        test = table.test_records()
+        template = records_contract.read_summary(prepared).template
+        trained = task.input("train")
+        snapshots = snapshots_contract.read_snapshots(trained)
         mine = snapshots[task.index::task.size]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         names = ("exact_match",) + (("rouge1", "rougeL") if cfg.rouge else ()) + (("reward",) if cfg.reward_model
@@ -218,17 +205,16 @@ class Evaluate(Stage):
         forced = "exact_match_forced" if cfg.generate else "exact_match"
         if cfg.forced_exact_match:
             metrics += (forced,)
-        train_tasks = {r["task"] for r in table if r["split"] == "train"}
+        train_tasks = set(table.train("task"))
         rewarder = None  # loaded once, at the first snapshot that needs it
         prompts, answers_ref = [r["prompt"] for r in test], [r["answer"] for r in test]
         results = {m: np.full((len(mine), len(test)), np.nan, dtype=np.float32) for m in metrics}
         for k, snap in enumerate(mine):
-            done = task.work_dir / f"step-{snap['step']:06d}.h5"  # this snapshot's result, committed
-            path = trained / snap["path"]
+            done = contract.step_file(task.work_dir, snap["step"])  # this snapshot's result, committed
+            path = snapshots_contract.snapshot_dir(trained, snap)
             if done.is_file():  # by an earlier attempt of this task (a time limit, a requeue)
-                with h5py.File(done) as f:
-                    for m in metrics:
-                        results[m][k] = f[m][:]
+                for m, values in contract.read_step(done, metrics).items():
+                    results[m][k] = values
                 task.log.info("snapshot step %d: evaluated by an earlier attempt", snap["step"])
                 if cfg.delete_after:  # that attempt may have stopped between its commit and the delete
                     delete_weights(path)
@@ -260,25 +246,15 @@ class Evaluate(Stage):
                     rewarder = rewarder or RewardModel(cfg.reward_model, device)
                     results["reward"][k] = rewarder.scores(prompts, answers, cfg.reward_template, cfg.batch_size)
             del model
-            tmp = done.with_name(f".tmp-{done.name}")
-            with h5py.File(tmp, "w") as f:
-                for m in metrics:
-                    f.create_dataset(m, data=results[m][k])
-            os.replace(tmp, done)  # committed: a later attempt skips this snapshot
+            contract.write_step(done, {m: results[m][k] for m in metrics})  # committed: a later attempt skips it
             em = results["exact_match"][k] if "exact_match" in results else None
             task.log.info("snapshot step %d: mean test loss %.4f%s (%.1f s)", snap["step"],
                           float(np.nanmean(results["loss"][k])),
                           "" if em is None else f", exact match {np.nanmean(em):.3f}", time.perf_counter() - t0)
             if cfg.delete_after:  # only now that its result is committed
                 delete_weights(path)
-        with h5py.File(task.output(f"losses-{task.index:05d}.h5"), "w") as f:
-            f.create_dataset("steps", data=np.asarray([s["step"] for s in mine], dtype=np.int64))
-            f.create_dataset("items_seen", data=np.asarray([s["items_seen"] for s in mine], dtype=np.int64))
-            for metric, values in results.items():
-                f.create_dataset(metric, data=values)
-            f.create_dataset("ids", data=[r["id"] for r in test], dtype=STR)
-            f.create_dataset("task", data=[r["task"] for r in test], dtype=STR)
-            f.create_dataset("generalist", data=np.asarray([bool(r["generalist"]) for r in test]))
-            f.create_dataset("seen", data=np.asarray([r["task"] in train_tasks for r in test], dtype=bool))
-            f.create_dataset("source", data=[r["source"] or "" for r in test], dtype=STR)
-            f.attrs.update({"snapshots": len(mine), "block": task.index, "blocks": task.size})
+        contract.write_losses(
+            task.output(contract.losses_name(task.index)), [s["step"] for s in mine], [s["items_seen"] for s in mine],
+            results, ids=[r["id"] for r in test], tasks=[r["task"] for r in test],
+            generalist=[r["generalist"] for r in test], seen=[r["task"] in train_tasks for r in test],
+            source=[r["source"] or "" for r in test], block=task.index, blocks=task.size)

@@ -1,32 +1,28 @@
 """prepare: a data section to canonical records (Parquet) that every later stage reads.
 
-``records.parquet`` columns: id, task, split (train/test), prompt, answer, text (the training
-string), embed_text (the string to embed), source, generalist (in the generalist test subset).
-Training records come first, in source and file order (the arrange stage decides the training
-order), then test records. The prompt/answer boundary is kept so that the loss can later cover
-the answer only. Also written: ``summary.json`` (counts) and ``contamination.json``.
+Writes ``records.parquet`` (one row per record, training records first), ``summary.json``
+(counts and templates) and ``contamination.json``, through hpcgen.contracts.records, which
+documents their columns and keys and has the reader every later stage uses.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from hpcgen.config.schema import Resources, StageConfig
+from hpcgen.contracts import records as contract
 from hpcgen.data.conversations import FlanMiniSource, NoRobotsSource, ShareGPTSource
 from hpcgen.data.jsonl import JSONLSource
 from hpcgen.data.niv2 import NIV2Source
 from hpcgen.data.p3 import P3Source
-from hpcgen.data.records import SCHEMA, Example, render
+from hpcgen.data.records import Example, render
 from hpcgen.data.rewriting import RewritingSource
 from hpcgen.data.sampling import assign_splits, cap_per_task, decontaminate, generalist, mix
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Estimate, Stage, Task
+from hpcgen.pipeline.stage import Estimate, SectionView, Stage, Task
 
 AnySource = Annotated[
     NIV2Source | FlanMiniSource | P3Source | ShareGPTSource | NoRobotsSource | JSONLSource | RewritingSource,
@@ -36,8 +32,8 @@ AnySource = Annotated[
 
 class DataConfig(StageConfig):
     sources: list[AnySource] = Field(default_factory=lambda: [NIV2Source()], min_length=1)
-    template: str = "<s>User: {prompt} Assistant: {answer}</s>"
-    embed_template: str = "{prompt} {answer}"
+    template: str = contract.DEFAULT_TEMPLATE
+    embed_template: str = contract.DEFAULT_EMBED_TEMPLATE
     max_per_train_task: int = Field(20, ge=1, description="N: items per training task")
     max_per_test_task: int = Field(5, ge=1, description="M: items per test task")
     test_size: int = Field(200, ge=1, description="K: test items of a source without tasks")
@@ -116,11 +112,11 @@ class Prepare(Stage):
     Config = DataConfig
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=1, gpus=0, mem=8192, time=60)
 
-    def check(self, cfg) -> None:
+    def check(self, cfg: SectionView) -> None:
         for i, source in enumerate(cfg.data.sources):
             source.check(f"data.sources[{i}]")
 
-    def estimate(self, cfg, size: int, upstream=None) -> Estimate:
+    def estimate(self, cfg: SectionView, size: int, upstream: dict[str, list[Any]] | None = None) -> Estimate:
         """An upper bound of the records, where it is cheap to know (split lists times caps,
         generated counts); later stages size their arrays from it."""
         total = 0
@@ -131,7 +127,7 @@ class Prepare(Stage):
             total += n
         return Estimate(records=total)
 
-    def fingerprint(self, cfg) -> list[str]:
+    def fingerprint(self, cfg: SectionView) -> list[str]:
         """Each source's inputs by content (``content:<sha256>``), never by path or time: a copied
         checkout finds its records, a changed file makes new ones."""
         return [line for source in cfg.data.sources for line in source.fingerprint()]
@@ -140,18 +136,12 @@ class Prepare(Stage):
         cfg: DataConfig = task.config.data
         train, test, report = prepare_examples(cfg)
         chosen = generalist(test, cfg.generalist_size, cfg.seed)
-        columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-        for e in train + test:
-            columns["id"].append(e.id)
-            columns["task"].append(e.task)
-            columns["split"].append(e.split)
-            columns["prompt"].append(e.prompt)
-            columns["answer"].append(e.answer)
-            columns["text"].append(cfg.template.format(prompt=e.prompt, answer=e.answer))
-            columns["embed_text"].append(cfg.embed_template.format(prompt=e.prompt, answer=e.answer))
-            columns["source"].append(e.source)
-            columns["generalist"].append(e.id in chosen)
-        pq.write_table(pa.table(columns, schema=SCHEMA), task.output("records.parquet"))
+        contract.write_records(task.output(contract.RECORDS), [
+            contract.Record(id=e.id, task=e.task, split=e.split or "", prompt=e.prompt, answer=e.answer,
+                            text=cfg.template.format(prompt=e.prompt, answer=e.answer),
+                            embed_text=cfg.embed_template.format(prompt=e.prompt, answer=e.answer),
+                            source=e.source, generalist=e.id in chosen)
+            for e in train + test])
         summary = {
             "records": len(train) + len(test),
             "splits": {"train": len(train), "test": len(test)},
@@ -164,7 +154,7 @@ class Prepare(Stage):
             "skipped": report["skipped"],
             "template": cfg.template, "embed_template": cfg.embed_template,
         }
-        task.output("summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        task.output("contamination.json").write_text(json.dumps(report["contamination"], indent=1) + "\n")
+        contract.write_summary(task.output(contract.SUMMARY), summary)
+        contract.write_contamination(task.output(contract.CONTAMINATION), report["contamination"])
         task.log.info("prepared %d train and %d test records from %d source(s)", len(train), len(test),
                       len(cfg.sources))

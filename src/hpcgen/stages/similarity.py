@@ -4,23 +4,25 @@ For its rows [lo, hi) of the training set, a task computes in chunks of ``chunk_
 O(chunk_rows x n_test), whatever the number of rows): the distance block for each metric
 (stored unless ``store_matrix: false``), the per-row aggregates min / max / avg / centroid, and
 each test column's K nearest rows of this block. One code path on NumPy or CuPy (``backend``).
+Its files (``similarity-BBBBB.h5``, and from task 0 the joins ``distances.h5`` and
+``embeddings.h5``) are the distances contract of hpcgen.similarity.h5, which documents them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import h5py
 import numpy as np
 from pydantic import Field
 
-from hpcgen import __version__
 from hpcgen.config.schema import Resources, StageConfig
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Stage, Task
-from hpcgen.similarity.h5 import EmbeddingSet, block_name, bounds, write_virtual_distances, write_virtual_embeddings
-from hpcgen.similarity.kernels import AGGREGATES, HeldOut, TopK, block_distances
+from hpcgen.pipeline.stage import SectionView, Stage, Task
+from hpcgen.similarity import h5
+from hpcgen.similarity.h5 import EmbeddingSet, block_name, bounds
+from hpcgen.similarity.kernels import AGGREGATES, HeldOut, TopK, block_distances, set_threads
 from hpcgen.similarity.xp import array_module, to_numpy
 
 
@@ -46,8 +48,7 @@ def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: Simila
     dsets = {}
     if cfg.store_matrix:
         for metric in cfg.metrics:
-            dsets[metric] = f.create_dataset(metric, shape=(n, m), dtype=cfg.dtype,
-                                             chunks=(h5_rows, m) if n else None)
+            dsets[metric] = h5.create_matrix(f, metric, n, m, cfg.dtype, h5_rows)
     aggs = {metric: {a: np.empty(n, dtype=np.float32) for a in AGGREGATES} for metric in cfg.metrics}
     tops = {metric: TopK(xp, min(cfg.topk, max(n, 1)), m) for metric in cfg.metrics}
     # one reused distance buffer: fresh allocations would page-fault on every block. Writes are
@@ -64,12 +65,9 @@ def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: Simila
                 block = to_numpy(d)
                 dsets[metric][c_lo - lo:c_hi - lo] = block if cfg.dtype == "float32" else block.astype(cfg.dtype)
     for metric in cfg.metrics:
-        for name, values in aggs[metric].items():
-            f.create_dataset(f"aggregates/{metric}/{name}", data=values)
         index, dist = tops[metric].result()
-        f.create_dataset(f"topk/{metric}/index", data=to_numpy(index))
-        f.create_dataset(f"topk/{metric}/distance", data=to_numpy(dist))
-    f.create_dataset("train_rows", data=np.arange(lo, hi, dtype=np.int64))
+        h5.write_block_results(f, metric, aggs[metric], to_numpy(index), to_numpy(dist))
+    h5.write_block_rows(f, lo, hi)
 
 
 class Similarity(Stage):
@@ -79,10 +77,10 @@ class Similarity(Stage):
     upstream = ("embed",)
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=16384, time=120)
 
-    def gpu_libraries(self, cfg) -> tuple[str, ...]:
+    def gpu_libraries(self, cfg: SectionView) -> tuple[str, ...]:
         return () if cfg.similarity.backend == "numpy" else ("cupy",)
 
-    def plan(self, cfg, upstream=None) -> int:
+    def plan(self, cfg: SectionView, upstream: dict[str, list[Any]] | None = None) -> int:
         sim = cfg.similarity
         if sim.tasks:
             return sim.tasks
@@ -96,8 +94,8 @@ class Similarity(Stage):
 
     def run(self, task: Task) -> None:
         cfg: SimilarityConfig = task.config.similarity
-        embed = task.input("embed")
-        emb = EmbeddingSet(embed.dir, embed.size)
+        set_threads(task.meta.resources.threads if task.meta.resources else None)
+        emb = EmbeddingSet(task.input("embed"))
         if emb.n_train == 0 or emb.n_test == 0:
             raise ConfigError(f"the embeddings hold {emb.n_train} training and {emb.n_test} test rows", key="data",
                               fix="both splits must be non-empty")
@@ -105,15 +103,15 @@ class Similarity(Stage):
         lo, hi = bounds(emb.n_train, task.size, task.index)
         with h5py.File(task.output(block_name(task.index)), "w") as f:
             compute_block(emb, f, lo, hi, cfg, xp)
-            f.attrs.update({"metrics": list(cfg.metrics), "row_start": lo, "row_end": hi, "n_train": emb.n_train,
-                            "n_test": emb.n_test, "dim": emb.dim, "dtype": cfg.dtype, "backend": xp.__name__,
-                            "block": task.index, "blocks": task.size, "k": min(cfg.topk, max(hi - lo, 1)),
-                            "model": str(emb.attrs.get("model", "")), "hpcgen_version": __version__})
+            h5.write_block_attrs(f, h5.BlockInfo(
+                metrics=list(cfg.metrics), row_start=lo, row_end=hi, n_train=emb.n_train, n_test=emb.n_test,
+                dim=emb.dim, dtype=cfg.dtype, backend=xp.__name__, block=task.index, blocks=task.size,
+                k=min(cfg.topk, max(hi - lo, 1)), model=str(emb.attrs.get("model", ""))))
         if task.index == 0:  # the joined views, for people and later stages
-            write_virtual_embeddings(task.output("embeddings.h5"), emb)
+            h5.write_virtual_embeddings(task.output(h5.JOINED_EMBEDDINGS), emb)
             if cfg.store_matrix:
-                write_virtual_distances(task.output("distances.h5"), [block_name(i) for i in range(task.size)],
-                                        [bounds(emb.n_train, task.size, i) for i in range(task.size)],
-                                        emb.n_train, emb.n_test, list(cfg.metrics), np.dtype(cfg.dtype))
+                h5.write_virtual_distances(task.output(h5.DISTANCES), [block_name(i) for i in range(task.size)],
+                                           [bounds(emb.n_train, task.size, i) for i in range(task.size)],
+                                           emb.n_train, emb.n_test, list(cfg.metrics), np.dtype(cfg.dtype))
         task.log.info("block %d/%d: training rows [%d, %d) x %d test rows on %s", task.index + 1, task.size,
                       lo, hi, emb.n_test, xp.__name__)

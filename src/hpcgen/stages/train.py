@@ -2,9 +2,10 @@
 
 One array task per run. On a cluster it is ONE job of ``resources.nodes`` x
 ``resources.tasks_per_node`` processes (one per GPU); ranks, world size and master address come
-from Slurm through submitit. Outputs: ``metrics.jsonl``, ``snapshots.json`` (the evaluation
-snapshots in the work directory, with their sizes) and ``summary.json``; see
-hpcgen.training.loop for the files it keeps while it runs.
+from Slurm through submitit. Reads the records (hpcgen.contracts.records) and the order
+(hpcgen.contracts.arrangement). Outputs: ``metrics.jsonl``, ``snapshots.json`` (the evaluation
+snapshots in the work directory, with their sizes) and ``summary.json``, documented and written
+by hpcgen.contracts.snapshots; see hpcgen.training.loop for the files it keeps while it runs.
 
 ``train.lora`` trains LoRA adapters (PEFT) on the pretrained ``train.model`` instead of all its
 weights; that run's snapshots are the adapters alone, and hpcgen.training.snapshot.load_snapshot
@@ -14,15 +15,14 @@ loads either kind as a plain model.
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any, Literal
 
-import h5py
-import numpy as np
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from hpcgen.config.schema import Model, ModelRef, Resources, SafeStr, StageConfig
+from hpcgen.contracts import arrangement as arrangement_contract
+from hpcgen.contracts import records as records_contract
+from hpcgen.contracts import snapshots as contract
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Estimate, Stage, Task
 
@@ -209,35 +209,29 @@ class Train(Stage):
         return Estimate(disk_bytes=params * (2 if t.precision == "bf16" else 4) * snapshots)
 
     def run(self, task: Task) -> None:
-        from hpcgen.training.loop import train
+        from hpcgen.training.loop import Stopped, train
 
         cfg: TrainConfig = task.config.train
-        prepared = task.input("prepare").dir
-        table = pq.read_table(prepared / "records.parquet", columns=["split", "prompt", "answer", "text"])
-        split = np.asarray(table.column("split").to_pylist(), dtype=object)
-        train_rows = np.flatnonzero(split == "train")
-        records = {name: [table.column(name)[int(i)].as_py() for i in train_rows]
-                   for name in ("prompt", "answer", "text")}
-        test_rows = np.flatnonzero(split == "test")
-        records["test"] = [(table.column("prompt")[int(i)].as_py(), table.column("answer")[int(i)].as_py())
-                           for i in test_rows] if cfg.eval_in_loop else []
-        with h5py.File(task.input("arrange").dir / "arrangement.h5", "r") as f:
-            order = f["order"][:]
-        summary = json.loads((prepared / "summary.json").read_text())
-        result = train(task, cfg, records, order, summary.get("template", "<s>User: {prompt} Assistant: {answer}</s>"))
+        prepared = task.input("prepare")
+        table = records_contract.read_records(prepared, ["prompt", "answer", "text"])
+        records: dict[str, list] = {name: table.train(name) for name in ("prompt", "answer", "text")}
+        records["test"] = list(zip(table.test("prompt"), table.test("answer"))) if cfg.eval_in_loop else []
+        order = arrangement_contract.read_order(task.input("arrange"))
+        template = records_contract.read_summary(prepared).template
+        result = train(task, cfg, records, order, template,
+                       stop=task.meta.stop, resources=task.meta.resources)
+        if isinstance(result, Stopped):
+            from hpcgen.pipeline.runner import StoppedForRequeue
+
+            raise StoppedForRequeue(f"stopped after step {result.step}, its resumable checkpoint saved")
         if task.rank != 0:
             return
         work = task.work_dir
-        snapshots = []
-        for folder in sorted((work / "snapshots").glob("step-*")):
-            info = json.loads((folder / "snapshot.json").read_text())
-            snapshots.append({"step": info["step"], "path": str(folder.relative_to(task.dir)),
-                              "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-                              "items_seen": info["items_seen"], "loss": info["loss"]})
+        snapshots = contract.collect_snapshots(sorted((work / "snapshots").glob("step-*")), task.dir)
         if not snapshots:
             raise ConfigError("training wrote no snapshot", key="train.save_every")
-        shutil.copyfile(work / "metrics.jsonl", task.output("metrics.jsonl"))
-        task.output("snapshots.json").write_text(json.dumps(snapshots, indent=1) + "\n")
-        task.output("summary.json").write_text(json.dumps(result, indent=1) + "\n")
+        contract.write_metrics(task.output(contract.METRICS), work / contract.METRICS)
+        contract.write_snapshots(task.output(contract.SNAPSHOTS), snapshots)
+        contract.write_summary(task.output(contract.SUMMARY), result)
         task.log.info("trained %d steps (global batch %d on %d rank(s)); %d snapshots", result["steps"],
                       result["global_batch"], result["world_size"], len(snapshots))

@@ -24,6 +24,7 @@ import random
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,17 @@ from hpcgen.training.dsconfig import load_deepspeed
 
 
 def setup_distributed(rank: int, world: int, timeout_min: float = 60.0) -> str:
-    """torch.distributed through DeepSpeed, from the Slurm/submitit environment; 'cpu' or 'cuda'.
+    """torch.distributed through DeepSpeed; 'cpu' or 'cuda'. Several processes meet through
+    torch's env:// variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK), which the
+    task's runner exported from the scheduler's allocation (hpcgen.pipeline.runner).
 
     On GPUs every rank of a node sees all of the node's GPUs and binds to its own,
     ``cuda:LOCAL_RANK``, before the process group exists: DeepSpeed then passes that same device
-    id to the NCCL group. (Narrowing ``CUDA_VISIBLE_DEVICES`` to one GPU per rank, as submitit can,
-    would leave ``cuda:LOCAL_RANK`` out of range for every rank but the first once CUDA has
-    counted the devices.) ``timeout_min`` is the collective timeout: ranks wait at barriers while
-    rank 0 writes a snapshot or all load a 7B model from shared storage, which DeepSpeed's default
-    of 10 minutes does not cover."""
+    id to the NCCL group. (Narrowing ``CUDA_VISIBLE_DEVICES`` to one GPU per rank would leave
+    ``cuda:LOCAL_RANK`` out of range for every rank but the first once CUDA has counted the
+    devices.) ``timeout_min`` is the collective timeout: ranks wait at barriers while rank 0
+    writes a snapshot or all load a 7B model from shared storage, which DeepSpeed's default of 10
+    minutes does not cover."""
     import datetime
 
     import torch
@@ -51,11 +54,7 @@ def setup_distributed(rank: int, world: int, timeout_min: float = 60.0) -> str:
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_method = None
-    if world > 1:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    else:
+    if world == 1:
         # one process (possibly the caller's own, under the debug executor): no MASTER_PORT in the
         # environment, or jobs started from this process later would inherit it and collide
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
@@ -329,60 +328,39 @@ class _Null:
         return False
 
 
-class Preemption:
-    """The requeue signal (SIGUSR2, sent by Slurm before the time limit or on preemption) only
-    sets a flag; the loop acts on it at a step boundary, where all ranks can save together.
-    Acting in the signal handler itself could interrupt a collective halfway."""
+class _NoStop:
+    """The stop request of a run that nothing can stop early (``train`` called without one)."""
 
-    def __init__(self) -> None:
-        import signal
-        import threading
+    def requested(self) -> bool:
+        return False
 
-        self.requested = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGUSR2, self._on_signal)
+    def watch(self):
+        import contextlib
 
-    def _on_signal(self, signum, frame) -> None:
-        self.requested = True
+        return contextlib.nullcontext()
 
-    def agreed(self, world: int, device="cpu") -> bool:
-        import torch
-        import torch.distributed as dist
 
-        if world == 1 or not dist.is_initialized():
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)  # the group's device (NCCL: GPU)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+@dataclass(frozen=True)
+class Stopped:
+    """What ``train`` returns when it stopped early on a stop request: the resumable checkpoint
+    of ``step`` is saved (and every snapshot before it written); the task's next run resumes
+    there, and writes first a snapshot due at ``step``."""
 
-    def requeue(self, rank: int) -> None:
-        """Hand over to submitit's own handler (checkpoint, requeue, exit) on rank 0; other ranks
-        wait to be stopped by the requeue."""
-        import signal
-
-        if rank == 0 and callable(self.previous):
-            self.previous(signal.SIGUSR2, None)
-        raise SystemExit(0 if rank else 1)  # no scheduler handler: stop; the resumable state is saved
-
-    def restore(self) -> None:
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGUSR2, self.previous)
+    step: int
 
 
 def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 1) -> float:
-    """Mean over test records of each record's mean answer-token cross-entropy. The records are
-    split over the ranks (rank r takes every world-th one) and the sums reduced on the engine's
-    device; every rank runs the same number of forwards (a short rank repeats a record it then
-    ignores), which ZeRO-3 needs: all ranks take part in each forward's parameter gathers."""
+    """Mean over test records of each record's mean answer-token cross-entropy (the evaluation
+    stage's loss: ``hpcgen.metrics.loss.masked_cross_entropy``, through ``record_losses``). The
+    records are split over the ranks (rank r takes every world-th one) and the sums reduced on the
+    engine's device; every rank runs the same number of forwards (a short rank repeats a record it
+    then ignores), which ZeRO-3 needs: all ranks take part in each forward's parameter gathers."""
     import math as _math
 
     import torch
     import torch.distributed as dist
 
-    from hpcgen.metrics.loss import record_losses
+    from hpcgen.metrics.loss import IGNORE, record_losses
 
     model = engine.module
     was_training = model.training
@@ -398,10 +376,11 @@ def test_loss(engine, enc, pad_id: int, batch: int, rank: int = 0, world: int = 
             if not chunk:
                 chunk = rows[:1]  # a forward all ranks must take part in; its loss is not counted
             b = {key: v.to(engine.device) for key, v in collate(chunk, enc, pad_id).items()}
-            sums, n = record_losses(model, b, answer_only=False)  # ZeRO-3's hooks expect whole forwards
-            means = (sums / n.clamp(min=1))[:real]
-            total[0] += means.sum()
-            total[1] += real
+            # the model's own full forward: ZeRO-3's hooks expect the whole module to run
+            means = record_losses(model, b, answer_only=False, per="record")[:real]
+            answered = (b["labels"][:real, 1:] != IGNORE).any(1)  # a record without answer tokens has no mean
+            total[0] += means[answered].sum()
+            total[1] += answered.sum()
     if dist.is_initialized() and world > 1:
         dist.all_reduce(total)
     if was_training:
@@ -435,8 +414,15 @@ def save_resumable(engine, folder: Path, step: int, keep: int, rank: int, frozen
             shutil.rmtree(folder / old, ignore_errors=True)
 
 
-def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
-    """Run (or resume) the training of one task; returns a summary for the stage's outputs."""
+def train(task, cfg, records, order_rows: np.ndarray, template: str, stop=None, resources=None) -> dict | Stopped:
+    """Run (or resume) the training of one task; returns a summary for the stage's outputs, or
+    ``Stopped`` when ``stop`` asked it to stop before its last step.
+
+    ``stop``: the task's stop request (hpcgen.pipeline.runner.StopRequest, or anything with
+    ``requested() -> bool`` and a ``watch()`` context manager): while the steps run, a request
+    waits for the next step boundary, where all ranks agree on it, save their resumable state
+    together and return. ``resources``: what the task was given (``cpus``, ``gpus``, ``threads``);
+    the runner has already set the thread count from it."""
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -445,12 +431,16 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     from hpcgen.training.tokenizer import build_tokenizer
 
     rank, world = task.rank, task.world_size
+    stop = stop if stop is not None else _NoStop()
     import transformers
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # no progress bars in job logs
     transformers.utils.logging.disable_progress_bar()
     device = setup_distributed(rank, world, cfg.dist_timeout_min)
+    if resources is not None and rank == 0:
+        task.log.info("%d rank(s) on %s; per rank %s CPU thread(s), %d GPU(s) per node", world, device,
+                      torch.get_num_threads(), resources.gpus)
     work = task.work_dir
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -563,10 +553,9 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
     writer = SnapshotWriter()
     if start and start % cfg.save_every == 0 and agreed_by_rank0(
             not (snap_dir / f"step-{start:06d}" / "snapshot.json").is_file(), rank, world):
-        # preempted at a snapshot step, before the snapshot: the weights are those of that step now
+        # stopped at a snapshot step, before the snapshot: the weights are those of that step now
         last = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln] if metrics_path.is_file() else []
         snapshot(start, float(last[-1]["loss"]) if last else float("nan"))
-    preempt = Preemption()
     board = None
     if rank == 0:
         try:  # TensorBoard when it is installed
@@ -576,52 +565,56 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str) -> dict:
         except ImportError:
             board = None
     engine.train()
-    for step in range(start, feed.steps):
-        t0 = time.perf_counter()
-        losses, tokens, rows_seen = [], 0, []
-        micro = feed.micro_batches(step, rank)
-        weights = (token_weights(micro, enc, answer_tokens(feed.step_items(step), enc), world)
-                   if cfg.length_grouping else [1.0] * len(micro))
-        for rows, weight in zip(micro, weights):
-            batch = {k: v.to(engine.device) for k, v in collate(list(rows), enc, tokenizer.pad_token_id).items()}
-            out = engine(**batch)
-            engine.backward(out.loss * weight if weight != 1.0 else out.loss)
-            engine.step()
-            losses.append(out.loss.detach().float() * weight)
-            tokens += int(batch["attention_mask"].sum())
-            rows_seen += [int(order_rows[r]) for r in rows]
-        stats = step_stats(torch.stack(losses).mean(), tokens, engine.device, world).tolist()
-        elapsed = time.perf_counter() - t0
-        with open(consumed_path, "a") as fh:
-            fh.write(json.dumps({"step": step, "rows": rows_seen}) + "\n")
-        if rank == 0:
-            grad_norm = engine.get_global_grad_norm()
-            row = {"step": step + 1, "loss": float(stats[0]), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "tokens_per_s": float(stats[1]) / elapsed, "items": feed.global_batch, "seconds": elapsed}
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            if board is not None:
-                for name in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    if row[name] is not None:
-                        board.add_scalar(f"train/{name}", row[name], step + 1)
-        done = step + 1
-        if done < feed.steps and preempt.agreed(world, engine.device):
-            # every rank saw the request by this step boundary: the time left goes to the resumable
-            # save; a snapshot due now is written first thing after the requeue (below)
-            writer.drain(engine, rank)  # snapshots up to here are on disk before the resumable state says so
-            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
-            task.log.warning("preempted after step %d: resumable checkpoint saved, requeueing", done)
-            preempt.requeue(rank)
-        if done % cfg.save_every == 0 or done == feed.steps:
-            snapshot(done, float(stats[0]))
-        if done % cfg.resume_every == 0 and done < feed.steps:
-            writer.drain(engine, rank)  # a resume from here must not miss a snapshot still being written
-            save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
-    writer.drain(engine, rank)
-    preempt.restore()
+    stopped = None
+    with stop.watch():  # a stop request now waits for the next step boundary
+        for step in range(start, feed.steps):
+            t0 = time.perf_counter()
+            losses, tokens, rows_seen = [], 0, []
+            micro = feed.micro_batches(step, rank)
+            weights = (token_weights(micro, enc, answer_tokens(feed.step_items(step), enc), world)
+                       if cfg.length_grouping else [1.0] * len(micro))
+            for rows, weight in zip(micro, weights):
+                batch = {k: v.to(engine.device) for k, v in collate(list(rows), enc, tokenizer.pad_token_id).items()}
+                out = engine(**batch)
+                engine.backward(out.loss * weight if weight != 1.0 else out.loss)
+                engine.step()
+                losses.append(out.loss.detach().float() * weight)
+                tokens += int(batch["attention_mask"].sum())
+                rows_seen += [int(order_rows[r]) for r in rows]
+            stats = step_stats(torch.stack(losses).mean(), tokens, engine.device, world).tolist()
+            elapsed = time.perf_counter() - t0
+            with open(consumed_path, "a") as fh:
+                fh.write(json.dumps({"step": step, "rows": rows_seen}) + "\n")
+            if rank == 0:
+                grad_norm = engine.get_global_grad_norm()
+                row = {"step": step + 1, "loss": float(stats[0]), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": None if grad_norm is None else float(grad_norm),
+                       "tokens_per_s": float(stats[1]) / elapsed, "items": feed.global_batch, "seconds": elapsed}
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if board is not None:
+                    for name in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        if row[name] is not None:
+                            board.add_scalar(f"train/{name}", row[name], step + 1)
+            done = step + 1
+            if done < feed.steps and any_rank(stop.requested(), engine.device, world):
+                # every rank agrees at this step boundary: the time left goes to the resumable save; a
+                # snapshot due now is written first thing when the task runs again (above)
+                writer.drain(engine, rank)  # snapshots up to here are on disk before the resumable state says so
+                save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
+                task.log.warning("stop requested after step %d: resumable checkpoint saved", done)
+                stopped = Stopped(done)
+                break
+            if done % cfg.save_every == 0 or done == feed.steps:
+                snapshot(done, float(stats[0]))
+            if done % cfg.resume_every == 0 and done < feed.steps:
+                writer.drain(engine, rank)  # a resume from here must not miss a snapshot still being written
+                save_resumable(engine, resume_dir, done, cfg.keep_resumable, rank, frozen=not lora)
+        writer.drain(engine, rank)
     if board is not None:
         board.close()
+    if stopped is not None:
+        return stopped
     return {"steps": feed.steps, "global_batch": feed.global_batch, "accumulation": accumulation,
             "world_size": world, "too_long": [int(order_rows[i]) for i in enc.too_long],
             "records_too_long": len(enc.too_long), "records_truncated": int(getattr(enc, "truncated", 0)),

@@ -1,4 +1,8 @@
-"""In-process executor: every task in this Python process, in order. For debuggers and tests."""
+"""In-process executor: every task in this Python process, in order. For debuggers and tests.
+
+It writes no submission records (the tasks' own attempt records say what happened) and nothing
+outlives ``submit``: the base class's ``states``, ``in_flight`` and ``cancel`` are its own.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ class DebugExecutor(Executor):
     name = "debug"
     own_processes = False
 
-    def launch(self, batches: list[Batch]) -> int:
+    def submit(self, batches: list[Batch]) -> int:
         for batch in batches:  # batches come in topological order
             for spec in batch.specs:
                 self.console.print(f"[dim]debug:[/] {spec.id}")

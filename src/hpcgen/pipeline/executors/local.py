@@ -4,6 +4,9 @@ Each task runs in its own process (as on a cluster: pickled in, logs to files), 
 upstream tasks have succeeded, as many at once as the machine's CPUs allow. A failed task fails
 its dependents without running them; independent work goes on. ``submit`` returns when all is
 done, with exit code 1 if anything failed.
+
+While it runs, ``local.json`` in the experiment's directory names its host and pid: ``status``
+counts its submitted tasks pending while that process lives, and ``cancel`` stops it (SIGTERM).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import submitit
 from rich.markup import escape
@@ -22,7 +27,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hpcgen.config import Experiment
 from hpcgen.config.schema import signal_delay
-from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
+from hpcgen.pipeline.executors.base import (
+    ACTIVE,
+    PENDING,
+    UNKNOWN,
+    Batch,
+    Executor,
+    JobState,
+    Submission,
+    attempt_state,
+    pid_alive,
+    thread_setup,
+)
 from hpcgen.pipeline.runner import TaskRunner, TaskSpec
 from hpcgen.pipeline.store import now, read_json, write_json
 
@@ -48,7 +64,41 @@ class LocalExecutor(Executor):
     name = "local"
     poll_s = 0.1
 
-    def launch(self, batches: list[Batch]) -> int:
+    @classmethod
+    def available(cls) -> bool:
+        return True  # this machine: what ``auto`` falls back to
+
+    @property
+    def marker(self) -> Path:
+        """``local.json``: the host and pid of the submit running this experiment's tasks."""
+        return self.exp.dir / "local.json"
+
+    def _submit_pid(self) -> int | None:
+        """The pid of this experiment's local submit, where one is alive on this machine."""
+        rec = read_json(self.marker)
+        if rec and rec.get("host") == socket.gethostname() and pid_alive(int(rec.get("pid", 0))):
+            return int(rec["pid"])
+        return None
+
+    def states(self, records: Mapping[str, Submission],
+               attempts: Mapping[str, Mapping] | None = None) -> dict[str, JobState]:
+        """What the tasks' attempt records say; a task that has none is pending while the submit
+        that started it lives (one read of ``local.json``), else UNKNOWN."""
+        attempts = attempts or {}
+        waiting = JobState(PENDING if records and self._submit_pid() is not None else UNKNOWN)
+        return {task: attempt_state(attempts.get(task) or {}) or waiting for task in records}
+
+    def cancel(self, records: Mapping[str, Submission],
+               attempts: Mapping[str, Mapping] | None = None) -> tuple[int, str]:
+        """Stop the local submit (SIGTERM: it cancels its running tasks and starts no more)."""
+        pid = self._submit_pid()
+        if pid is None:
+            return 0, ""
+        count = sum(1 for s in self.states(records, attempts).values() if s.state in ACTIVE)
+        os.kill(pid, signal.SIGTERM)
+        return count, f"stopped the local submit (pid {pid})"
+
+    def submit(self, batches: list[Batch]) -> int:
         capacity = max(1, os.cpu_count() or 1)
         specs: dict[str, tuple[TaskSpec, Batch]] = {}
         for batch in batches:
@@ -61,7 +111,7 @@ class LocalExecutor(Executor):
         bad_input: dict[str, str] = {}  # a stage found bad input data: exit code 2
         running: dict[str, _Running] = {}
         executors: dict[tuple[str, str | None], submitit.LocalExecutor] = {}
-        marker = self.exp.dir / "local.json"
+        marker = self.marker
         write_json(marker, {"host": socket.gethostname(), "pid": os.getpid(), "started": now()})
 
         def on_term(signum, frame):  # `hpcgen cancel` sends SIGTERM
@@ -171,9 +221,5 @@ class LocalExecutor(Executor):
                              nodes=1, gpus_per_node=r.gpus or 0,
                              signal_delay_s=signal_delay(r), setup=thread_setup(str(cpus)))
         job = ex.submit(TaskRunner(spec))
-        write_json(self.store.submission(spec.stage.name, spec.key, spec.index), {
-            "executor": self.name, "job_id": job.job_id, "host": socket.gethostname(),
-            "experiment": self.exp.name, "submitted": now(),
-            "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
-        })
+        self.record(spec, job.job_id, stdout=job.paths.stdout, stderr=job.paths.stderr)
         return job

@@ -12,24 +12,73 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string  # what submitit itself renders
+from submitit.slurm.slurm import read_job_id  # public (no underscore): submitit's own id parser
 
 from hpcgen.config.schema import Resources, signal_delay
 from hpcgen.errors import ConfigError, SubmitError
-from hpcgen.pipeline.executors.base import Batch, Executor, thread_setup
+from hpcgen.pipeline.executors.base import (
+    ACTIVE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    Batch,
+    Executor,
+    JobState,
+    Submission,
+    thread_setup,
+)
 from hpcgen.pipeline.runner import TaskRunner
-from hpcgen.pipeline.store import now, write_json
 
-#: Slurm states in which a job may still run (anything else is final)
-ACTIVE_STATES = {
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-    "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED",
+#: THE table of Slurm's job states (squeue(1) and sacct(1), "JOB STATE CODES") -> hpcgen's.
+#: ``status``, ``submit`` (what is in flight) and ``cancel`` all read it, through ``slurm_state``.
+SLURM_STATES: dict[str, str] = {
+    "PENDING": PENDING,  # awaiting resource allocation
+    "REQUEUED": PENDING,  # completing job being requeued
+    "REQUEUE_HOLD": PENDING,  # held job being requeued
+    "REQUEUE_FED": PENDING,  # being requeued by a federation
+    "RESV_DEL_HOLD": PENDING,  # held after its reservation was deleted
+    "SPECIAL_EXIT": PENDING,  # requeued in a special (held) state
+    "PREEMPTED": PENDING,  # terminated by preemption; requeued where PreemptMode=REQUEUE (as submitit expects)
+    "PREEMPTED_REQUEUE": PENDING,  # not in Slurm 22.05's man pages: a preempted job on its way back to the queue
+    "RUNNING": RUNNING,
+    "CONFIGURING": RUNNING,  # allocated, nodes booting
+    "COMPLETING": RUNNING,  # some processes still active
+    "RESIZING": RUNNING,
+    "SIGNALING": RUNNING,
+    "STAGE_OUT": RUNNING,
+    "SUSPENDED": RUNNING,  # keeps its allocation, released cores
+    "STOPPED": RUNNING,  # keeps its allocation and cores
+    "COMPLETED": DONE,
+    "FAILED": FAILED,
+    "TIMEOUT": FAILED,
+    "OUT_OF_MEMORY": FAILED,
+    "NODE_FAIL": FAILED,
+    "BOOT_FAIL": FAILED,
+    "DEADLINE": FAILED,
+    "CANCELLED": CANCELLED,  # sacct writes "CANCELLED by UID"
+    "REVOKED": CANCELLED,  # a federation sibling removed: it runs on another cluster
 }
+
+
+def slurm_state(raw: str, *, live: bool) -> str:
+    """hpcgen's state for a Slurm state (its first word: ``CANCELLED by 0`` is CANCELLED).
+
+    A state not in :data:`SLURM_STATES` (a newer Slurm's, ``UNKNOWN``) never fails: it is RUNNING
+    while ``squeue`` still lists the job (the controller holds it, so it is in flight and not
+    submitted twice), and FAILED once the job has left the queue (it ended without completing)."""
+    words = raw.split()
+    state = SLURM_STATES.get(words[0] if words else "")
+    if state is None:
+        return RUNNING if live else FAILED
+    return state
 
 
 def sbatch_parameters(resources: Resources, *, job_name: str, dependency: list[str],
@@ -65,7 +114,18 @@ def sbatch_parameters(resources: Resources, *, job_name: str, dependency: list[s
 
 
 def render_script(params: dict[str, Any], folder: Path, n_tasks: int, python: str | None = None) -> str:
-    """The sbatch script submitit writes for these parameters (what ``plan --sbatch`` shows)."""
+    """The sbatch script submitit writes for these parameters (what ``plan --sbatch`` shows).
+
+    The ONE private use of submitit in hpcgen: submitit has no public way to render a script
+    without submitting it, and its ``SlurmExecutor`` cannot even be built where ``srun`` is not on
+    PATH (``plan`` runs anywhere). ``_make_sbatch_string`` is what ``SlurmExecutor`` itself calls
+    for every job (through ``_make_submission_file_text``); written against submitit 1.5.4
+    (pyproject: ``submitit>=1.5``). Should it be renamed or change its arguments, ``plan --sbatch``
+    fails with an ImportError or TypeError here, and submissions are unaffected;
+    tests/pipeline/test_sbatch_golden.py pins the script, and tests/pipeline/test_slurm_contract.py
+    that it is byte for byte what submitit hands to ``sbatch``."""
+    from submitit.slurm.slurm import _make_sbatch_string  # private: see above
+
     python = python or shlex.quote(sys.executable)  # what submitit uses by default
     command = f"{python} -u -m submitit.core._submit {shlex.quote(str(folder))}"
     params = dict(params)
@@ -100,16 +160,19 @@ def max_array_size() -> int:
     return int(m.group(1)) if m else 1001
 
 
-def _expand_ids(job_id: str) -> list[str]:
-    """'12_[1-3,7%2]' -> ['12_1', '12_2', '12_3', '12_7']; other ids unchanged."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
-    if not m:
+def expand_job_id(job_id: str) -> list[str]:
+    """``12_[1-3,7%2]`` -> ``12_1, 12_2, 12_3, 12_7`` (a pending array as squeue or sacct print
+    it), through submitit's parser; any other id unchanged."""
+    try:
+        parts = read_job_id(job_id)
+    except ValueError:  # not an id submitit understands (a step, a heterogeneous job): as it is
         return [job_id]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    out = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    out: list[str] = []
+    for main, *indices in parts:
+        if indices:
+            out += [f"{main}_{i}" for i in range(int(indices[0]), int(indices[-1]) + 1)]
+        else:
+            out.append(main)
     return out
 
 
@@ -134,7 +197,7 @@ def live_states(job_ids: list[str]) -> dict[str, str]:
     for line in out.stdout.splitlines():  # exit code 1 when none of the ids is known any more
         if "|" in line:
             jid, state = line.split("|", 1)
-            for one in _expand_ids(jid.strip()):
+            for one in expand_job_id(jid.strip()):
                 states[one] = state.strip()
     return {j: states[j] for j in job_ids if j in states}
 
@@ -163,7 +226,7 @@ def final_states(submitted: dict[str, datetime]) -> dict[str, str]:
         except ValueError:
             continue
         state = parts[1].split()[0] if parts[1].strip() else "UNKNOWN"
-        for one in _expand_ids(parts[0].strip()):
+        for one in expand_job_id(parts[0].strip()):
             if one in submitted and when >= submitted[one] - timedelta(minutes=2):
                 if one not in best or when >= best[one][0]:
                     best[one] = (when, state)
@@ -177,6 +240,33 @@ def local_time(iso: str) -> datetime:
 
 class SlurmExecutor(Executor):
     name = "slurm"
+    detached = True
+
+    @classmethod
+    def available(cls) -> bool:
+        """``auto``: Slurm where ``sbatch`` is on PATH. Where it is but no controller answers (a
+        login node whose controller is down or unreachable), refuse: running a whole study on a
+        login node is never what ``auto`` should mean."""
+        if not shutil.which("sbatch"):
+            return False
+        reason = None
+        if not shutil.which("scontrol"):
+            reason = "scontrol is not, so the controller cannot be asked"
+        else:
+            try:
+                ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+                if ping.returncode == 0 and "UP" in ping.stdout:
+                    return True
+                said = (ping.stdout + ping.stderr).strip().splitlines()
+                first = said[0] if said else f"exit {ping.returncode}"
+                reason = f"no Slurm controller answers (scontrol ping: {first})"
+            except subprocess.TimeoutExpired:
+                reason = "no Slurm controller answers (scontrol ping timed out after 15 s)"
+            except OSError as exc:
+                reason = f"scontrol could not run ({exc})"
+        raise ConfigError(f"executor auto: sbatch is on PATH but {reason}", key="cluster.executor",
+                          fix="pass --executor local to run on this machine, or --executor slurm once the "
+                              "controller answers")
 
     def check(self) -> None:
         super().check()
@@ -185,12 +275,53 @@ class SlurmExecutor(Executor):
                 raise ConfigError(f"the slurm executor needs {tool!r} on PATH", key="cluster.executor",
                                   file=str(self.exp.file), fix="run on a Slurm login node or use executor: local")
 
-    def in_flight(self, records: dict[str, dict]) -> dict[str, str]:
-        ids = {task: rec["job_id"] for task, rec in records.items() if rec.get("job_id")}
-        states = live_states(sorted(set(ids.values())))
-        return {task: jid for task, jid in ids.items() if states.get(jid) in ACTIVE_STATES}
+    def _live(self, records: Mapping[str, Submission]) -> dict[str, str]:
+        """Task id -> hpcgen's state, for the tasks the controller still lists (ONE squeue)."""
+        raw = live_states(sorted({r.job_id for r in records.values() if r.job_id}))
+        return {task: raw[r.job_id] for task, r in records.items() if r.job_id in raw}
 
-    def launch(self, batches: list[Batch]) -> int:
+    def in_flight(self, records: Mapping[str, Submission]) -> dict[str, str]:
+        live = self._live(records)
+        return {task: records[task].job_id for task, raw in live.items() if slurm_state(raw, live=True) in ACTIVE}
+
+    def states(self, records: Mapping[str, Submission],
+               attempts: Mapping[str, Mapping] | None = None) -> dict[str, JobState]:
+        """ONE ``squeue`` call says what is still queued or running; only tasks that left the
+        queue with no recorded failure need ``sacct`` (one more call) to say how they ended
+        (cancelled, timed out, out of memory). A task that failed said so in its attempt record,
+        with its own error: that is its detail."""
+        attempts = attempts or {}
+        out: dict[str, JobState] = {}
+        live = self._live(records) if records else {}
+        ended: dict[str, datetime] = {}  # job id -> when we submitted it, for tasks sacct must explain
+        for task, rec in records.items():
+            attempt = attempts.get(task) or {}
+            if task in live:
+                out[task] = JobState(slurm_state(live[task], live=True), live[task])
+            elif attempt.get("state") == "failed":
+                out[task] = JobState(FAILED, attempt.get("error", ""))
+            else:
+                ended[rec.job_id] = local_time(rec.submitted) if rec.submitted else datetime.now()
+        final = final_states(ended) if ended else {}
+        for task, rec in records.items():
+            if task not in out:
+                raw = final.get(rec.job_id)
+                out[task] = JobState(slurm_state(raw, live=False), raw) if raw else \
+                    JobState(FAILED, "left the queue without finishing")
+        return out
+
+    def cancel(self, records: Mapping[str, Submission],
+               attempts: Mapping[str, Mapping] | None = None) -> tuple[int, str]:
+        """ONE ``squeue`` call, then ONE ``scancel`` of every job still queued or running."""
+        live = self.in_flight(records)
+        if not live:
+            return 0, ""
+        res = _run(["scancel", *sorted(set(live.values()))])
+        if res.returncode != 0:
+            raise SubmitError(f"scancel failed: {res.stderr.strip()}")
+        return len(live), "scancel"
+
+    def submit(self, batches: list[Batch]) -> int:
         cluster = self.exp.cluster
         limit = max_array_size() - 1
         if cluster.max_array_size:
@@ -219,10 +350,7 @@ class SlurmExecutor(Executor):
                 tasks_of[ids[-1]] = {spec.id for spec in chunk}
                 for spec, job in zip(chunk, jobs):
                     job_of[spec.id] = job.job_id
-                    write_json(self.store.submission(spec.stage.name, spec.key, spec.index), {
-                        "executor": self.name, "job_id": job.job_id, "experiment": self.exp.name,
-                        "submitted": now(), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
-                    })
+                    self.record(spec, job.job_id, stdout=job.paths.stdout, stderr=job.paths.stderr)
                 n_jobs += len(chunk)
             array_ids.append(ids)
             after = f" after {','.join(dependency)}" if dependency else ""
