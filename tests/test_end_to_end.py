@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from matplotlib.image import imread
 
 from hpcgen.cli import main
 from tests.conftest import ROOT, wait_for
@@ -28,9 +30,11 @@ def check_report(out) -> None:
     assert all(label in page for label in ("TMA-NFT", "TMA-FFT", "RT (3 seeds)")) and "Provenance" in page
     assert page.count("data:image/png;base64,") >= 4
     for fig in ("loss_curves", "per_task", "sd_vs_loss", "measures"):
-        assert (report / f"{fig}.png").stat().st_size > 1000
+        height, width, _ = imread(report / f"{fig}.png").shape  # a decodable image of a figure's size
+        assert height > 200 and width > 200, fig
     assert all(r["snapshots"] == 3 for r in summary["runs"])  # 180 training items // 16 = 11 steps: 4, 8, 11
-    assert all(r["pearson_sd_loss"] == r["pearson_sd_loss"] for r in summary["runs"])  # SD_k for every order
+    # SD_k for every order, random included: a correlation with the loss, not NaN
+    assert all(math.isfinite(r["pearson_sd_loss"]) and -1 <= r["pearson_sd_loss"] <= 1 for r in summary["runs"])
 
 
 def test_default_experiment_end_to_end_locally(tmp_path, capsys):

@@ -22,7 +22,7 @@ from hpcgen import __version__
 from hpcgen.config import Experiment, load_experiment
 from hpcgen.errors import ConfigError, HpcgenError
 from hpcgen.pipeline import executors
-from hpcgen.pipeline.graph import Graph, build_graph
+from hpcgen.pipeline.graph import Graph, build_graph, run_cluster
 from hpcgen.pipeline.registry import Pipeline
 
 
@@ -111,17 +111,17 @@ def cmd_plan(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
     out.print(runs)
     if len(shown) < len(exp.runs):
         out.print(f"... and {len(exp.runs) - len(shown)} more run(s) (--json lists all)")
-    nodes = Table(title=f"{len(graph.nodes)} stage node(s), {graph.n_tasks()} task(s)", title_justify="left")
+    node_table = Table(title=f"{len(graph.nodes)} stage node(s), {graph.n_tasks()} task(s)", title_justify="left")
     for col in ("stage", "key", "tasks", "runs", "after", "resources", "GPU-h", "disk"):
-        nodes.add_column(col, justify="right" if col in ("tasks", "runs", "GPU-h", "disk") else "left")
+        node_table.add_column(col, justify="right" if col in ("tasks", "runs", "GPU-h", "disk") else "left")
     node_rows = data["nodes"] if len(data["nodes"]) <= args.max_rows * 2 else data["nodes"][: args.max_rows * 2]
     for n in node_rows:
         after = ", ".join(u.split("/")[0] + "/" + u.split("/")[1][:8] for u in n["upstream"][:3])
         if len(n["upstream"]) > 3:
             after += f" +{len(n['upstream']) - 3}"
-        nodes.add_row(n["stage"], n["key"][:8], str(n["array_size"]), str(len(n["runs"])), after,
-                      _resources(n["resources"]), f"{n['gpu_hours']:.1f}", _human_bytes(n["disk_bytes"]))
-    out.print(nodes)
+        node_table.add_row(n["stage"], n["key"][:8], str(n["array_size"]), str(len(n["runs"])), after,
+                           _resources(n["resources"]), f"{n['gpu_hours']:.1f}", _human_bytes(n["disk_bytes"]))
+    out.print(node_table)
     if len(node_rows) < len(data["nodes"]):
         out.print(f"... and {len(data['nodes']) - len(node_rows)} more node(s) (--json lists all)")
     t = data["totals"]
@@ -141,8 +141,7 @@ def _profiles_in_use(exp: Experiment, pipeline: Pipeline) -> dict[str, list[str]
     used: dict[str, list[str]] = {}
     for stage in pipeline:
         for run in exp.runs:
-            cfg = run.config
-            path = chosen(getattr(cfg, stage.section).resources if stage.section else None, cfg.cluster)
+            path = chosen(getattr(run.config, stage.section).resources if stage.section else None, run_cluster(run))
             if path:
                 if stage.name not in used.setdefault(path, []):
                     used[path].append(stage.name)
@@ -177,10 +176,10 @@ def cmd_status(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> in
         return 0
     table = Table(title=f"{exp.name}: {len(states)} task(s)", title_justify="left")
     table.add_column("stage")
-    for s in STATES:
-        table.add_column(s, justify="right")
+    for column in STATES:
+        table.add_column(column, justify="right")
     for stage, counts in per_stage.items():
-        table.add_row(stage, *[str(counts.get(s, 0) or "") for s in STATES])
+        table.add_row(stage, *[str(counts.get(column, 0) or "") for column in STATES])
     out.print(table)
     for s in states:
         if s.state in ("failed", "cancelled"):

@@ -172,7 +172,7 @@ def test_task_meta_has_named_fields():
     assert isinstance(meta, TaskMeta) and meta.experiment == "exp" and meta.provenance == {"commit": None}
     assert meta.runs == {"r1": RunInfo("one", {"a": 1}, "RT"), "r2": RunInfo("two", {}, None)}
     assert meta.runs["r1"].as_dict() == {"name": "one", "values": {"a": 1}, "label": "RT"}
-    assert meta.stop is None and meta.get("stop") is None and meta.get("nothing", 3) == 3
+    assert meta.stop is None and meta.resources is None
     assert TaskMeta.from_dict(meta) is meta
     with pytest.raises(TypeError, match="task metadata has no field 'colour'"):
         TaskMeta.from_dict({"colour": "red"})

@@ -41,8 +41,11 @@ from hpcgen.similarity.kernels import TopK, _sortable, candidates
 class DistanceSource(Protocol):
     """Distances from training rows to every test column, by blocks of rows."""
 
-    n_train: int
-    n_test: int
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def n_test(self) -> int: ...
 
     def blocks(self, rows: np.ndarray, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row ids, distances (len(ids) x n_test) float32) for ``rows`` (ascending), in blocks."""

@@ -24,8 +24,11 @@ __all__ = ["Experiment", "Run", "load_experiment", "check_writable"]
 
 
 class _Stage(Protocol):
-    name: str
-    section: str | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def section(self) -> str | None: ...
 
 
 class Pipeline(Protocol):

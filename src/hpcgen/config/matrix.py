@@ -228,9 +228,9 @@ def set_path(data: dict[str, Any], path: str | tuple[str, ...], value: Any) -> d
             copy = list(node)
             copy[index] = value if i == len(parts) - 1 else put(copy[index], i + 1)
             return copy
-        copy = dict(node) if isinstance(node, dict) else {}
-        copy[part] = value if i == len(parts) - 1 else put(copy.get(part), i + 1)
-        return copy
+        mapping = dict(node) if isinstance(node, dict) else {}
+        mapping[part] = value if i == len(parts) - 1 else put(mapping.get(part), i + 1)
+        return mapping
 
     return put(data, 0)
 
@@ -347,8 +347,11 @@ def _validate_section(model: type[BaseModel], name: str, data: dict[str, Any], w
                       context: dict[str, Any] | None) -> Any:
     """Section ``name`` of the run ``data``, validated alone. Where it fails, the whole run is
     validated, which raises the error as ``validate`` locates it."""
+    section = model.model_fields[name].annotation
+    # every section is a model: axes never vary the plain fields (name, output_dir)
+    assert isinstance(section, type) and issubclass(section, BaseModel), name
     try:
-        return model.model_fields[name].annotation.model_validate(data.get(name, {}), context=context)
+        return section.model_validate(data.get(name, {}), context=context)
     except (ValidationError, *STRAY_ERRORS):
         validate(model, data, where, context)
         raise

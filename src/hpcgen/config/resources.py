@@ -14,18 +14,18 @@ class Resources(Model):
     section's own ``resources``.
     """
 
-    nodes: int | None = Field(None, ge=1)
-    tasks_per_node: int | None = Field(None, ge=1)
-    cpus: int | None = Field(None, ge=1, description="CPUs per task")
-    gpus: int | None = Field(None, ge=0, description="GPUs per node")
-    mem: MemMB | None = Field(None, description="memory per node")
-    time: Minutes | None = Field(None, description="time limit")
+    nodes: int | None = Field(default=None, ge=1)
+    tasks_per_node: int | None = Field(default=None, ge=1)
+    cpus: int | None = Field(default=None, ge=1, description="CPUs per task")
+    gpus: int | None = Field(default=None, ge=0, description="GPUs per node")
+    mem: MemMB | None = Field(default=None, description="memory per node")
+    time: Minutes | None = Field(default=None, description="time limit")
     partition: SafeStr | None = None
     account: SafeStr | None = None
     qos: SafeStr | None = None
-    array_parallelism: int | None = Field(None, ge=1, description="array tasks running at once")
+    array_parallelism: int | None = Field(default=None, ge=1, description="array tasks running at once")
     signal_delay_s: int | None = Field(
-        None, ge=0, description="SIGUSR2 this many seconds before the time limit, then requeue (default 120): "
+        default=None, ge=0, description="SIGUSR2 this many seconds before the time limit, then requeue (default 120): "
         "long enough for a step, a snapshot and a resumable save")
     sbatch: dict[SbatchKey, SbatchValue] = Field(
         default_factory=dict, description="extra sbatch options, e.g. {constraint: a100}"

@@ -83,7 +83,7 @@ ModelRef = Annotated[str, AfterValidator(_model_ref), PlainSerializer(_portable)
 
 class StageResources(Resources):
     profile: ProfileRef | None = Field(
-        None, description="a profile in jobs/profiles/ (or a file) for this stage instead of cluster.profile")
+        default=None, description="a profile in jobs/profiles/ (or a file) for this stage instead of cluster.profile")
 
 
 class Container(Model):
@@ -92,18 +92,18 @@ class Container(Model):
     image: InputPath = Field(description="a .sif file; relative to the experiment file")
     bind: list[SafeStr] = Field(default_factory=list)
     env: dict[SafeStr, SafeStr] = Field(default_factory=dict)
-    gpu: bool | None = Field(None, description="pass --nv; default: for the jobs of stages with gpus > 0")
+    gpu: bool | None = Field(default=None, description="pass --nv; default: for the jobs of stages with gpus > 0")
 
 
 class Cluster(Resources):
     executor: Literal["auto", "slurm", "local", "debug"] = "auto"
-    max_requeues: int = Field(3, ge=0, description="requeues after preemption or time-out")
+    max_requeues: int = Field(default=3, ge=0, description="requeues after preemption or time-out")
     max_array_size: int | None = Field(
-        None, ge=1, description="largest array to submit (default: the cluster's MaxArraySize - 1)"
+        default=None, ge=1, description="largest array to submit (default: the cluster's MaxArraySize - 1)"
     )
     container: Container | None = None
     profile: ProfileRef | None = Field(
-        None, description="resource profile: a name in jobs/profiles/ (a800x8, h100x8, cpu) or a YAML file")
+        default=None, description="resource profile: a name in jobs/profiles/ (a800x8, h100x8, cpu) or a YAML file")
 
 
 class StageConfig(Model):

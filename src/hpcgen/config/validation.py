@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from hpcgen.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 # --------------------------------------------------------------------------------------------
 # Walking the schema by key path (for overrides, matrix axes and suggestions)
@@ -152,7 +154,7 @@ def first_error(exc: ValidationError, model: type[BaseModel], where) -> ConfigEr
 STRAY_ERRORS = (TypeError, KeyError, AttributeError, IndexError, OverflowError)
 
 
-def validate(model: type[BaseModel], data: Any, where, context: dict[str, Any] | None = None) -> BaseModel:
+def validate(model: type[M], data: Any, where, context: dict[str, Any] | None = None) -> M:
     """``model.model_validate`` whose every failure is a one-line ConfigError located by ``where``.
 
     A value of an unexpected type that slips past a field's check into a validator (a mapping

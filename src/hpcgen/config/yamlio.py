@@ -17,6 +17,8 @@ import yaml
 from hpcgen.errors import ConfigError
 
 KeyPath = tuple[Any, ...]
+#: the file and line that set a key; line None: set elsewhere (``--set`` on the command line)
+Origin = tuple[str, int | None]
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Document:
     """Plain data plus the origin (file, line) of every key path in it."""
 
     data: dict[str, Any]
-    origins: dict[KeyPath, tuple[str, int]] = field(default_factory=dict)
+    origins: dict[KeyPath, Origin] = field(default_factory=dict)
     path: Path | None = None
 
     def where(self, keypath: KeyPath) -> tuple[str | None, int | None]:
@@ -52,7 +54,7 @@ def _display(path: Path) -> str:
 
 
 def _to_python(node: yaml.Node, loader: yaml.SafeLoader, file: str, keypath: KeyPath,
-               origins: dict[KeyPath, tuple[str, int]]) -> Any:
+               origins: dict[KeyPath, Origin]) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
         out: dict[str, Any] = {}
@@ -77,7 +79,7 @@ def _to_python(node: yaml.Node, loader: yaml.SafeLoader, file: str, keypath: Key
     return loader.construct_object(node, deep=True)
 
 
-def _parse(path: Path) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int]]]:
+def _parse(path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
     file = _display(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -88,7 +90,7 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int]]]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        origins: dict[KeyPath, tuple[str, int]] = {}
+        origins: dict[KeyPath, Origin] = {}
         data = {} if node is None else _to_python(node, loader, file, (), origins)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -130,8 +132,8 @@ def _replaced(base: dict[str, Any], top: dict[str, Any], prefix: KeyPath = ()) -
     return out
 
 
-def _layer(merged: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], data: dict[str, Any],
-           new_origins: dict[KeyPath, tuple[str, int]]) -> dict[str, Any]:
+def _layer(merged: dict[str, Any], origins: dict[KeyPath, Origin], data: dict[str, Any],
+           new_origins: dict[KeyPath, Origin]) -> dict[str, Any]:
     """Merge ``data`` over ``merged``; a replaced value takes its origins along (a list an
     including file rewrites must not keep the lines of the included file's items)."""
     gone = _replaced(merged, data)
@@ -147,8 +149,8 @@ def _canonical_dotted(key: str, aliases: dict[str, str]) -> str:
     return aliases.get(head, head) + dot + rest
 
 
-def _renamed(data: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], aliases: dict[str, str],
-             file: str) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int]]]:
+def _renamed(data: dict[str, Any], origins: dict[KeyPath, Origin], aliases: dict[str, str],
+             file: str) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
     """One file's data with every alias of a section (``evaluate:`` for ``eval:``) written as the
     section's own name: at the top level and in the matrix's dotted keys (axes, zip groups and
     exclude entries). Both spellings in one place is refused."""
@@ -180,7 +182,7 @@ def _renamed(data: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], alia
                                  for i, e in enumerate(entries)]
         data["matrix"] = matrix
     if mapping:
-        moved: dict[KeyPath, tuple[str, int]] = {}
+        moved: dict[KeyPath, Origin] = {}
         for keypath, origin in origins.items():
             for old, new in mapping.items():
                 if keypath[:len(old)] == old:
@@ -211,7 +213,7 @@ def load(path: str | Path, _stack: tuple[Path, ...] = (), aliases: dict[str, str
         raise ConfigError("must be a list of YAML file paths", file=file, line=line, key="include",
                           fix="write include: [base.yaml]")
     merged: dict[str, Any] = {}
-    merged_origins: dict[KeyPath, tuple[str, int]] = {}
+    merged_origins: dict[KeyPath, Origin] = {}
     for i, inc in enumerate(includes):
         inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
         if not inc_path.is_file():

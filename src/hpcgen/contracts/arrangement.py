@@ -81,8 +81,10 @@ class Arrangement:
     def window(self) -> tuple[int, int] | None:
         """``params.window``, the TMA round window [i, j), if well formed."""
         window = self.params.get("window")
+        if window is None:
+            return None
         try:
-            i, j = (int(x) for x in window)  # type: ignore[union-attr]  # anything else: None below
+            i, j = (int(x) for x in window)  # anything else: None below
             return (i, j)
         except (ValueError, TypeError):
             return None

@@ -26,7 +26,7 @@ train_items_removed, matches (the decontamination report).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def write_contamination(path: Path, report: dict[str, Any]) -> None:
+def write_contamination(path: Path, report: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -62,6 +62,8 @@ class P3Source(LocalSource):
                 stats[f"{self.label()}: subsets of no listed dataset"] += 1
                 continue
             which = owner[0]
+            where: str | Path
+            records: Iterator[tuple[int, Any]]
             split_name = self.train_split if which == "train" else self.test_split
             if self.is_hub():
                 where = f"{self.path}/{subset}"

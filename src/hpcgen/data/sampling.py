@@ -55,13 +55,15 @@ def assign_splits(examples: list[Example], source: Source, *, test_size: int, se
 
 def cap_per_task(examples: list[Example], *, train_cap: int, test_cap: int, seed: int) -> list[Example]:
     """At most N items per train task and M per test task: a seeded subset, kept in file order."""
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    groups: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
         groups[(e.split, e.task)].append(i)
     keep: set[int] = set()
     for (split, task), idx in groups.items():
         cap = train_cap if split == "train" else test_cap
         if len(idx) > cap:
+            # assign_splits gave every example a split; sources with tasks name every one (taskless ones are not capped)
+            assert split is not None and task is not None, (split, task)
             idx = rng(seed, "cap", split, task).sample(idx, cap)
         keep.update(idx)
     return [e for i, e in enumerate(examples) if i in keep]

@@ -150,8 +150,8 @@ def apply_split(examples: Iterable[Example], split: TaskSplit, *, label: str, ke
     At the end, the counts go to ``stats``: tasks dropped, listed tasks the data lacks."""
     test = set(split.test)
     train = None if split.train is None else set(split.train)
-    seen: set[str] = set()
-    dropped: Counter = Counter()
+    seen: set[str | None] = set()
+    dropped: Counter[str | None] = Counter()
     for e in examples:
         seen.add(e.task)
         if e.task in test:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from hpcgen.config import Experiment, Run
 from hpcgen.config.identity import short_hash
-from hpcgen.config.schema import Resources
+from hpcgen.config.schema import Cluster, Resources
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.registry import Pipeline
 from hpcgen.pipeline.stage import Estimate, SectionView, Stage
@@ -115,6 +115,21 @@ class _FanIn:
     runs: list[str] = field(default_factory=list)
 
 
+@runtime_checkable
+class _RunConfig(Protocol):
+    """What the config of every run has, whatever the pipeline's sections: a model made at run
+    time (``hpcgen.config.schema.experiment_model``), so ``Run.config`` is typed as a BaseModel."""
+
+    cluster: Cluster
+
+
+def run_cluster(run: Run) -> Cluster:
+    """The ``cluster`` section of a run."""
+    config = run.config
+    assert isinstance(config, _RunConfig), "an experiment model always has a cluster section"
+    return config.cluster
+
+
 def _key(stage: Stage, texts: list[str], upstream_keys: list[str]) -> str:
     return short_hash("\n".join([stage.name, str(stage.version), *texts, "upstream:" + ",".join(upstream_keys)]),
                       "node")
@@ -153,7 +168,7 @@ def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
     for run in exp.runs:
         resolved: dict[str, str] = {}
 
-        def resolve(stage: Stage, run=run, resolved=resolved) -> str:
+        def resolve(stage: Stage, run: Run = run, resolved: dict[str, str] = resolved) -> str:
             if stage.name in resolved:
                 return resolved[stage.name]
             view = SectionView(stage.name, {s: getattr(run.config, s) for s in stage.sections_read()})
@@ -164,7 +179,7 @@ def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
                 group = fan_in.setdefault(stage.name, {})
                 entry = group.get(sections)
                 if entry is None:
-                    entry = group[sections] = _FanIn(view, _texts(stage, run, view), run.config.cluster)
+                    entry = group[sections] = _FanIn(view, _texts(stage, run, view), run_cluster(run))
                 entry.upstream.update(ups)
                 entry.runs.append(run.id)
                 resolved[stage.name] = f"{stage.name}/@pending"  # no stage depends on it: replaced below
@@ -179,7 +194,7 @@ def build_graph(exp: Experiment, pipeline: Pipeline) -> Graph:
                     size = stage.plan(view, _upstream_nodes(ups))
                     nodes[node_id] = Node(
                         stage=stage, key=key, size=size, config=view, upstream=ups,
-                        resources=stage.resources(view, run.config.cluster),
+                        resources=stage.resources(view, run_cluster(run)),
                         estimate=_inherit(stage.estimate(view, size, _upstream_nodes(ups)), ups),
                     )
             nodes[node_id].runs.append(run.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from graphlib import CycleError, TopologicalSorter
 
 from hpcgen.config.schema import RESERVED, StageConfig
@@ -55,7 +56,7 @@ class Pipeline:
         out += [s.section for s in self if s.section and s.section not in out]
         return out
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Stage]:
         return (self.stages[n] for n in self.order)
 
     def sections(self) -> dict[str, type[StageConfig]]:

@@ -28,13 +28,17 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hpcgen.errors import ConfigError, DeviceError
 from hpcgen.pipeline.stage import SectionView, Stage, Task, TaskMeta, Upstream
 from hpcgen.pipeline.store import Store, checksums, file_lock, now, provenance, write_json
+
+if TYPE_CHECKING:  # submitit is imported inside the job only
+    from submitit.helpers import DelayedSubmission
 
 
 @dataclass
@@ -200,7 +204,7 @@ class StopRequest:
         self._set.set()
 
     @contextlib.contextmanager
-    def watch(self):
+    def watch(self) -> Iterator[StopRequest]:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGUSR2, lambda signum, frame: self.request())
@@ -334,7 +338,7 @@ class TaskRunner:
     def __call__(self) -> dict[str, Any]:
         return run_task(self.spec)
 
-    def checkpoint(self, *args: Any, **kwargs: Any):
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         import submitit
 
         return submitit.helpers.DelayedSubmission(TaskRunner(self.spec))

@@ -12,7 +12,7 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.executors import executor_class
@@ -43,7 +43,7 @@ class _Submitted:
     """The tasks of a graph that are not done and were submitted, by the executor that did it."""
 
     records: dict[str, dict[str, Submission]]  # executor name -> task id -> its record
-    attempts: dict[str, dict]  # task id -> its attempt record, where newer than its submission
+    attempts: dict[str, dict[str, Any]]  # task id -> its attempt record, where newer than its submission
 
 
 def _survey(graph: Graph, store: Store) -> tuple[list[TaskState], _Submitted]:
@@ -99,8 +99,8 @@ def task_states(graph: Graph, store: Store) -> list[TaskState]:
     return out
 
 
-def summarize(graph: Graph, states: list[TaskState]) -> dict[str, Counter]:
-    per_stage: dict[str, Counter] = {}
+def summarize(graph: Graph, states: list[TaskState]) -> dict[str, Counter[str]]:
+    per_stage: dict[str, Counter[str]] = {}
     for node in graph.nodes.values():
         per_stage.setdefault(node.stage.name, Counter())
     for s in states:

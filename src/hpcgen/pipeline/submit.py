@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -48,15 +49,16 @@ def task_specs(graph: Graph, store: Store, node: Node) -> list[TaskSpec]:
     mine = set(node.runs)
     names = {r.id: {"name": r.name, "values": r.values, "label": r.label} for r in graph.experiment.runs
              if r.id in mine}
-    extra: dict = {"runs": names, "experiment": graph.experiment.name}
+    extra: dict[str, Any] = {"runs": names, "experiment": graph.experiment.name}
     if getattr(node.stage, "scope", "run") == "experiment":  # the report prints where its results came from
         from hpcgen.provenance import describe
 
         extra["provenance"] = describe(graph.experiment)
-    common = dict(stage=node.stage, key=node.key, size=node.size, store_root=str(store.root), config=node.config,
-                  inputs=inputs, runs=tuple(node.runs), experiment=graph.experiment.name,
-                  extra=extra, gpus=node.resources.gpus or 0)
-    return [TaskSpec(index=i, **common) for i in range(node.size)]
+    runs, gpus = tuple(node.runs), node.resources.gpus or 0
+    return [TaskSpec(stage=node.stage, key=node.key, index=i, size=node.size, store_root=str(store.root),
+                     config=node.config, inputs=inputs, runs=runs, experiment=graph.experiment.name, extra=extra,
+                     gpus=gpus)
+            for i in range(node.size)]
 
 
 @dataclass
@@ -92,7 +94,7 @@ def survey(graph: Graph, store: Store, executor: Executor, forced: set[str] | fr
 def make_batches(graph: Graph, store: Store, todo: Todo) -> list[Batch]:
     batches: list[Batch] = []
     batch_of_task: dict[str, int] = {}
-    by_group: dict[tuple[str, str], int] = {}
+    by_group: dict[tuple[str, str, tuple[str, ...]], int] = {}  # (stage, resources, upstream) -> batch
     for node in graph.nodes.values():
         indices = todo.pending[node.id]
         if not indices:

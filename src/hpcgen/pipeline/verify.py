@@ -11,9 +11,10 @@ submit recomputes exactly that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpcgen.pipeline.graph import Graph
 from hpcgen.pipeline.store import Store, read_json, sha256_file
@@ -39,7 +40,7 @@ class Verified:
     mismatches: list[Mismatch]
 
 
-def _check_file(path: Path, info: dict, hashed: Callable[[int], None]) -> str | None:
+def _check_file(path: Path, info: Mapping[str, Any], hashed: Callable[[int], None]) -> str | None:
     if not path.is_file():
         return "missing"
     size = path.stat().st_size

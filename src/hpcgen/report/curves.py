@@ -146,14 +146,15 @@ def read_exact_match(curve: RunCurve, ev: Losses) -> None:
     instruction at the final snapshot: the last one where any record was scored (a snapshot
     evaluated without generation has only NaN and is not the result of the run)."""
     em = ev.metrics["exact_match"].astype(np.float64)
-    seen = ev.seen
+    seen, source = ev.seen, ev.source
+    assert seen is not None and source is not None  # Losses.__post_init__ fills both
     curve.em_unseen, curve.em_seen = _group_mean(em, ~seen), _group_mean(em, seen)
-    for src in dict.fromkeys(ev.source.tolist()):
-        here = ev.source == src
+    for src in dict.fromkeys(source.tolist()):
+        here = source == src
         curve.em_by_source[src] = {"unseen": _group_mean(em, here & ~seen), "seen": _group_mean(em, here & seen)}
-    keys = list(dict.fromkeys(zip(ev.source.tolist(), ev.task.tolist(), seen.tolist())))
+    keys = list(dict.fromkeys(zip(source.tolist(), ev.task.tolist(), seen.tolist())))
     column = {key: j for j, key in enumerate(keys)}
-    cols = np.asarray([column[key] for key in zip(ev.source.tolist(), ev.task.tolist(), seen.tolist())])
+    cols = np.asarray([column[key] for key in zip(source.tolist(), ev.task.tolist(), seen.tolist())])
     ok = np.isfinite(em)
     sums = np.zeros((em.shape[0], len(keys)))
     counts = np.zeros((em.shape[0], len(keys)))
@@ -169,18 +170,19 @@ def read_exact_match(curve: RunCurve, ev: Losses) -> None:
     curve.em_final = int(scored[-1])
     final = em[curve.em_final]
     groups: dict[tuple[str, str, bool], list[float]] = {}  # one pass: there may be thousands of instructions
-    for src, task, s, v in zip(ev.source.tolist(), ev.task.tolist(), seen.tolist(), final.tolist()):
+    for src, task, s, v in zip(source.tolist(), ev.task.tolist(), seen.tolist(), final.tolist()):
         groups.setdefault((src, task, bool(s)), []).append(v)
     for (src, task, s), values in groups.items():
-        ok = [v for v in values if math.isfinite(v)]
-        curve.em_per_task.append(TaskScore(src, task, s, len(values), len(values) - len(ok),
-                                           float(np.mean(ok)) if ok else float("nan")))
+        finite = [v for v in values if math.isfinite(v)]
+        curve.em_per_task.append(TaskScore(src, task, s, len(values), len(values) - len(finite),
+                                           float(np.mean(finite)) if finite else float("nan")))
 
 
 def build_curve(run_id: str, meta: dict, loss_files: list[Path], arrangement: Path | None,
                 train_summary: Path | None = None) -> RunCurve:
     ev = load_losses(loss_files)
     loss, generalist = ev.loss, ev.generalist
+    assert ev.seen is not None  # Losses.__post_init__ fills it
     general = nanmean_rows(loss[:, generalist]) if generalist.any() else np.full(len(ev.steps), np.nan)
     curve = RunCurve(run_id=run_id, name=meta["name"], values=meta.get("values") or {}, steps=ev.steps,
                      items_seen=ev.items_seen, loss=nanmean_rows(loss), generalist=general,
@@ -247,8 +249,10 @@ def group_settings(curves: list[RunCurve]) -> list[Setting]:
     context_axes = sorted({
         a for c in labelled for a in _non_seed(c.values)
         if len({_key(d.values.get(a)) for d in labelled if d.label == c.label}) > 1})
-    out: dict[tuple, Setting] = {}
+    out: dict[tuple[str, ...], Setting] = {}
     for c in curves:
+        key: tuple[str, ...]
+        ctx: tuple[tuple[str, object], ...]
         if c.label:
             ctx = tuple((a, c.values[a]) for a in context_axes if a in c.values)
             name = c.label + ("".join(f", {_short(a)}={v}" for a, v in ctx))
@@ -331,9 +335,10 @@ def summary(curve: RunCurve, at_steps: list[int], early_fraction: float = 0.3, u
     at steps <= ``until`` (default: ``early_fraction`` of this run's last step, at least its first)."""
     ok = ~np.isnan(curve.loss)
     s, y = curve.steps[ok], curve.loss[ok]
-    row = {"run": curve.name, "run_id": curve.run_id, "label": curve.label, "snapshots": int(len(curve.steps)),
-           "nan_points": int((~ok).sum()), "nan_records": int(curve.n_nan.sum()),
-           "records_truncated": curve.records_truncated, "records_too_long": curve.records_too_long}
+    row: dict[str, str | int | float | None] = {
+        "run": curve.name, "run_id": curve.run_id, "label": curve.label, "snapshots": int(len(curve.steps)),
+        "nan_points": int((~ok).sum()), "nan_records": int(curve.n_nan.sum()),
+        "records_truncated": curve.records_truncated, "records_too_long": curve.records_too_long}
     for at in at_steps:
         before = s[s <= at]
         row[f"loss@{at}"] = float(y[s <= at][-1]) if before.size else float("nan")

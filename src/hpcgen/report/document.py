@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import h5py
 import numpy as np
@@ -136,9 +137,27 @@ def default_figures() -> list[dict]:
     return [{"kind": k, "auto": v.auto} for k, v in plots.KINDS.items()]
 
 
+class DrawnFigure(TypedDict):
+    kind: str
+    stem: str
+    title: str
+    caption: str
+    finding: str | None
+    paths: list[Path]
+
+
+class SkippedFigure(TypedDict):
+    kind: str
+    title: str
+    reason: str
+    noted: bool  # said in the report's notes (a figure with auto="data" is left out silently)
+
+
 def _draw_figures(specs: list[dict], view: plots.View, folder: Path,
-                  early_fraction: float) -> tuple[list[dict], list[dict]]:
-    drawn, skipped, stems = [], [], set()
+                  early_fraction: float) -> tuple[list[DrawnFigure], list[SkippedFigure]]:
+    drawn: list[DrawnFigure] = []
+    skipped: list[SkippedFigure] = []
+    stems: set[str] = set()
     base = view.baseline[0].name if view.baseline else None
     for spec in specs:
         kind = plots.KINDS[spec["kind"]]
@@ -373,9 +392,9 @@ def write_report(curves: list[RunCurve], folder: Path, title: str, at_steps: lis
     view = plots.View(settings=settings, baseline=baselines, early_until=until, early_fraction=early_fraction)
     specs = default_figures() if figures is None else [dict(f) for f in figures]
     drawn, skipped = _draw_figures(specs, view, folder, early_fraction)
-    for s in skipped:
-        if s["noted"]:
-            notes.append(f"Figure “{s['title']}” ({s['kind']}) is not drawn: {s['reason']}.")
+    for skip in skipped:
+        if skip["noted"]:
+            notes.append(f"Figure “{skip['title']}” ({skip['kind']}) is not drawn: {skip['reason']}.")
     result["figures"] = {f["stem"]: {"kind": f["kind"], "title": f["title"], "caption": f["caption"],
                                      "files": [p.name for p in f["paths"]]} for f in drawn}
     result["skipped_figures"] = [{k: s[k] for k in ("kind", "title", "reason")} for s in skipped]

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -153,9 +154,10 @@ def loss_curves(view: View, folder: Path, stem: str, title: str, task: str | Non
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     _setting_lines(ax, view, values)
     for s in view.settings:
-        nan = [st for c in s.runs if values(c) is not None for st, v in zip(c.steps, values(c)) if np.isnan(v)]
+        present = [(c, vals) for c in s.runs if (vals := values(c)) is not None]
+        nan = [st for c, vals in present for st, v in zip(c.steps, vals) if np.isnan(v)]
         if nan:
-            finite = [v for c in s.runs if values(c) is not None for v in values(c) if np.isfinite(v)]
+            finite = [v for _, vals in present for v in vals if np.isfinite(v)]
             y = max(finite) if finite else 0.0
             ax.plot(nan, [y] * len(nan), "x", color=view.style(s)["color"], label=f"{s.name}: NaN points")
     _early_line(ax, view)
@@ -293,8 +295,9 @@ def windows(view: View, folder: Path, stem: str, title: str, task: str | None = 
                   label=labels[k] + (f" ({n} seeds)" if n > 1 else ""))
         if n > 1:
             left.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
-        per_run_min = [np.nanmin(values(c)) for c in runs if np.isfinite(values(c)).any()]
-        per_run_final = [values(c)[np.isfinite(values(c))][-1] for c in runs if np.isfinite(values(c)).any()]
+        scored = [arr for c in runs if (arr := values(c)) is not None and np.isfinite(arr).any()]  # groups hold no None
+        per_run_min = [np.nanmin(v) for v in scored]
+        per_run_final = [v[np.isfinite(v)][-1] for v in scored]
         mins.append(float(np.mean(per_run_min)) if per_run_min else np.nan)
         finals.append(float(np.mean(per_run_final)) if per_run_final else np.nan)
     for b in view.baseline:
@@ -477,7 +480,7 @@ def _fmt_value(v) -> str:
 def _positions(curves: list[RunCurve], axis: str) -> tuple[list, dict[str, float], bool]:
     """The axis values in order (sorted numbers, else first seen), each one's x position, and
     whether the axis is numeric (then the position is the value itself)."""
-    values = [c.values.get(axis) for c in curves]
+    values: list[Any] = [c.values.get(axis) for c in curves]  # any YAML value (None where a run lacks the axis)
     keys = {json.dumps(v, sort_keys=True, default=str): v for v in values}
     numeric = all(_numeric(v) for v in values)
     order = sorted(keys.values()) if numeric else list(keys.values())
@@ -500,9 +503,10 @@ def series(curves: list[RunCurve], drawn: tuple[str, ...]) -> list[tuple[str, li
         key = ", ".join(f"{a.rsplit('.', 1)[-1]}={_fmt_value(c.values.get(a))}" for a in others)
         parts.setdefault(key, []).append(c)
     labels = {k: {c.label for c in runs} for k, runs in parts.items()}
-    own = all(len(v) == 1 and None not in v for v in labels.values()) and \
-        len({next(iter(v)) for v in labels.values()}) == len(parts)
-    return [(next(iter(labels[k])) if own and len(parts) > 1 else k, runs) for k, runs in parts.items()]
+    # the parts whose runs all have one label
+    named = {k: label for k, v in labels.items() if len(v) == 1 for label in v if label is not None}
+    own = len(named) == len(parts) and len(set(named.values())) == len(parts)
+    return [(named[k] if own and len(parts) > 1 else k, runs) for k, runs in parts.items()]
 
 
 def _cell(runs: list[RunCurve], group: str, source: str | None = None) -> tuple[float, list[float]]:
@@ -615,8 +619,8 @@ def heatmap(view: View, folder: Path, stem: str, title: str, task: str | None = 
         raise NoData(f"no run with Exact-Match has both matrix axes {axis!r} and {y_axis!r}")
     xs, xpos, _ = _positions(curves, axis)
     ys, ypos, _ = _positions(curves, y_axis)
-    xi = {k: i for i, k in enumerate(sorted(xpos, key=xpos.get))}
-    yi = {k: i for i, k in enumerate(sorted(ypos, key=ypos.get))}
+    xi = {k: i for i, k in enumerate(sorted(xpos, key=xpos.__getitem__))}
+    yi = {k: i for i, k in enumerate(sorted(ypos, key=ypos.__getitem__))}
     parts = series(curves, (axis, y_axis))[:6]
     fig, axes = plt.subplots(1, len(parts), figsize=(1.1 * len(xs) * len(parts) + 2.5, 0.8 * len(ys) + 2.2),
                              squeeze=False, layout="constrained")

@@ -125,6 +125,7 @@ def row_min_max(xp, d):
         xp.min(d[lo:hi], axis=1, out=mins[lo:hi])
         xp.max(d[lo:hi], axis=1, out=maxs[lo:hi])
 
+    assert _POOL is not None  # _row_parts starts it when it splits the rows
     list(_POOL.map(part, lo_hi))
     return mins, maxs
 

@@ -16,7 +16,7 @@ unseen instructions (zero-shot) and held-out examples of seen ones, per test sou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,8 @@ from hpcgen.config.schema import Model, Resources, SafeStr, StageConfig
 from hpcgen.contracts import arrangement, losses, snapshots
 from hpcgen.contracts import report as contract
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import RunInfo, Stage, Task, TaskMeta
-from hpcgen.report.curves import build_curve
+from hpcgen.pipeline.stage import RunInfo, Stage, Task, TaskMeta, Upstream
+from hpcgen.report.curves import RunCurve, build_curve
 
 FigureKind = Literal["loss", "per_task", "sd_vs_loss", "measures", "windows", "metrics", "final_vs_axis",
                      "accuracy", "accuracy_curves", "heatmap", "accuracy_by_source"]
@@ -90,20 +90,21 @@ class ReportConfig(StageConfig):
                                                                "the training steps")
 
 
-def figure_specs(cfg: ReportConfig) -> list[dict] | None:
+def figure_specs(cfg: ReportConfig) -> list[dict[str, Any]] | None:
     """The figure list as ``write_report`` takes it (an unset ``finding`` keeps the kind's own)."""
     if cfg.figures is None:
         return None
     out = []
     for f in cfg.figures:
-        spec = {"kind": f.kind, "title": f.title, "task": f.task, "axis": f.axis, "y_axis": f.y_axis}
+        spec: dict[str, Any] = {"kind": f.kind, "title": f.title, "task": f.task, "axis": f.axis, "y_axis": f.y_axis}
         if "finding" in f.model_fields_set:
             spec["finding"] = f.finding
         out.append(spec)
     return out
 
 
-def collect(runs: Mapping[str, RunInfo | Mapping[str, Any]], evaluate_nodes, arrange_nodes, train_nodes=()) -> list:
+def collect(runs: Mapping[str, RunInfo | Mapping[str, Any]], evaluate_nodes: Sequence[Upstream],
+            arrange_nodes: Sequence[Upstream], train_nodes: Sequence[Upstream] = ()) -> list[RunCurve]:
     """One curve per run from its evaluation outputs (runs without any are left out)."""
     curves = []
     for run_id, info in runs.items():
@@ -118,8 +119,8 @@ def collect(runs: Mapping[str, RunInfo | Mapping[str, Any]], evaluate_nodes, arr
     return curves
 
 
-def make_report(meta: TaskMeta | Mapping[str, Any], inputs: dict[str, list], folder: Path,
-                cfg: ReportConfig | None = None) -> dict:
+def make_report(meta: TaskMeta | Mapping[str, Any], inputs: Mapping[str, Sequence[Upstream]], folder: Path,
+                cfg: ReportConfig | None = None) -> dict[str, Any]:
     """The report of an experiment into ``folder`` (made if missing), from its metadata (a task's
     ``meta``, or ``Experiment.meta()``: runs, experiment, provenance) and its upstream nodes by
     stage. What the aggregate stage runs, in a job or for ``hpcgen report``."""
@@ -142,8 +143,8 @@ class Aggregate(Stage):
     version = 3  # Exact-Match on unseen / seen instructions and per source, the accuracy figures
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=1, gpus=0, mem=4096, time=30)
 
-    def report(self, meta: TaskMeta | Mapping[str, Any], inputs: dict[str, list], folder: Path,
-               cfg: ReportConfig | None = None) -> dict:
+    def report(self, meta: TaskMeta | Mapping[str, Any], inputs: Mapping[str, Sequence[Upstream]], folder: Path,
+               cfg: ReportConfig | None = None) -> dict[str, Any]:
         """The report into ``folder``: what ``run`` writes, and ``hpcgen report`` with the
         aggregate node's own upstreams and metadata."""
         return make_report(meta, inputs, folder, cfg)

@@ -15,8 +15,9 @@ round_robin, cluster) depend on prepare only, so they cause no embedding or simi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -41,7 +42,13 @@ from hpcgen.similarity.measures import (
     wsd,
 )
 
-Measure = Literal[MEASURES]  # type: ignore[valid-type]
+Measure = Literal["cosine_min", "cosine_max", "cosine_avg", "cosine_centroid", "euclidean_min", "euclidean_max",
+                  "euclidean_avg", "euclidean_centroid", "bigram_kl"]
+assert get_args(Measure) == MEASURES, "Measure spells out hpcgen.similarity.measures.MEASURES, in its order"
+
+
+def _all_measures() -> list[Measure]:
+    return list(get_args(Measure))
 
 
 class ArrangeConfig(StageConfig):
@@ -75,8 +82,8 @@ class ArrangeConfig(StageConfig):
         "mean per-item distance of the items seen since the previous checkpoint (not the paper's)")
     sd_interval: int = Field(160, ge=1, description="s of eq. 9, items between checkpoints: global batch x "
                              "save_every (160 in the paper), or a divisor of it")
-    measures: list[Measure] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(MEASURES),
+    measures: list[Measure] = Field(
+        default_factory=_all_measures,
         description="the measures of Appendix B.4 stored per checkpoint and unseen task (empty: none)")
     block_rows: int = Field(4096, ge=1)
     dense_rows: int = Field(32768, ge=1, description="TMA: rows left when the last rounds run in memory")
@@ -91,7 +98,7 @@ class ArrangeConfig(StageConfig):
 
     @field_validator("window")
     @classmethod
-    def _window(cls, value):
+    def _window(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
         if value is not None and not 0 <= value[0] < value[1]:
             raise ValueError("must be [i, j) with 0 <= i < j")
         return value
@@ -108,13 +115,13 @@ class EmbeddingDistances:
 
     @property
     def n_train(self) -> int:
-        return self.train.shape[0]
+        return int(self.train.shape[0])
 
     @property
     def n_test(self) -> int:
-        return self.test.sq.shape[0]
+        return int(self.test.sq.shape[0])
 
-    def blocks(self, rows: np.ndarray, block_rows: int):
+    def blocks(self, rows: np.ndarray, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         buf = np.empty((min(block_rows, max(len(rows), 1)), self.n_test), dtype=np.float32)
         for lo in range(0, len(rows), block_rows):
             ids = rows[lo:lo + block_rows]
@@ -173,7 +180,8 @@ class Arrange(Stage):
 
     @staticmethod
     def _curves(ctx: Context, sim: SimilarityNode, p: ArrangeConfig, order: np.ndarray, train_texts: list[str],
-                test_texts: list[str], test_tasks: np.ndarray):
+                test_texts: list[str], test_tasks: np.ndarray
+                ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], list[str], dict[str, float]]:
         """(headline SD_k, {measure: (overall (K,), per task (K, T))}, task names, attrs)."""
         names = [str(t) if t is not None else "(all)" for t in test_tasks]
         task_names = list(dict.fromkeys(names))
@@ -182,7 +190,7 @@ class Arrange(Stage):
         metrics = sorted({m.split("_")[0] for m in wanted if m in EMBEDDING_MEASURES} |
                          ({p.metric} if p.sd_measure == "submatrix" else set()))
         measures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        extra: dict = {}
+        extra: dict[str, float] = {}
         if metrics:
             emb = sim.embeddings()
             sub = submatrix_curves(emb.train, emb.test, col_task, order, p.sd_interval, metrics, emb.normalized,
@@ -192,9 +200,11 @@ class Arrange(Stage):
         if "bigram_kl" in wanted:
             measures["bigram_kl"] = bigram_kl_curves(train_texts, test_texts, col_task, order, p.sd_interval)
         if p.sd_measure == "item_interval":
-            mn, av = ctx.item_distance("min"), ctx.item_distance("avg")
+            item_distance = ctx.item_distance
+            assert item_distance is not None  # _attach_similarity set it: there is a similarity node
+            mn, av = item_distance("min"), item_distance("avg")
             d = wsd(mn, av, p.wsd_weights, p.w_min, p.w_avg)[0] if p.distance == "wsd" else \
-                ctx.item_distance(p.distance).astype(np.float64)
+                item_distance(p.distance).astype(np.float64)
             headline = item_interval_curve(d, order, p.sd_interval)
         elif p.distance == "wsd":  # eq. 13: Cosine-Min_k + Cosine-Avg_k scaled over the checkpoints
             mn, av = measures[f"{p.metric}_min"][0], measures[f"{p.metric}_avg"][0]
@@ -221,7 +231,7 @@ class Arrange(Stage):
                 cache[agg] = sim.aggregate(p.metric, agg)
             return cache[agg]
 
-        def distances():
+        def distances() -> DenseDistances | EmbeddingDistances:
             if n_train * n_test * 4 <= p.dense_limit_mb * 2**20:
                 stored = sim.matrix(p.metric)
                 if stored is not None:
@@ -229,9 +239,10 @@ class Arrange(Stage):
             emb = sim.embeddings()
             return EmbeddingDistances(emb.train, HeldOut.build(np, emb.test), p.metric, emb.normalized)
 
-        def task_distance(groups: list[np.ndarray], attrs: dict | None = None) -> np.ndarray:
+        def task_distance(groups: list[np.ndarray], attrs: dict[str, Any] | None = None) -> np.ndarray:
             emb = sim.embeddings()
             means = np.stack([emb.train[g].mean(axis=0) for g in groups]).astype(np.float32)
+            agg: dict[str, np.ndarray]  # NumPy arrays: xp is np
             _, agg = block_distances(np, means, HeldOut.build(np, emb.test), p.metric, False)
             if p.distance == "wsd":  # eq. 13 over the task embeddings
                 values, w_min, w_avg = wsd(agg["min"], agg["avg"], p.wsd_weights, p.w_min, p.w_avg)

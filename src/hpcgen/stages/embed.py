@@ -11,7 +11,7 @@ zero-norm embedding is an error naming the record ids.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from pydantic import Field
@@ -36,9 +36,21 @@ class EmbedConfig(StageConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class ModelAttrs(TypedDict):
+    """What ``encode`` says of the model that made the embeddings (attributes of every shard)."""
+
+    model: str
+    model_source: str
+    weights_sha256: str
+    revision: str
+    dim: int
+    max_seq_length: int
+    device: str
+
+
 def check_rows(emb: np.ndarray, ids: list[str], where: str) -> np.ndarray:
     """Norms of the rows; NaN or zero-norm rows are an error that names their record ids."""
-    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    norms: np.ndarray = np.linalg.norm(emb.astype(np.float64), axis=1)
     bad = np.nonzero(~np.isfinite(norms) | (norms == 0))[0]
     if bad.size:
         named = ", ".join(repr(ids[i]) for i in bad[:5]) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
@@ -47,7 +59,7 @@ def check_rows(emb: np.ndarray, ids: list[str], where: str) -> np.ndarray:
     return norms
 
 
-def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None) -> tuple[np.ndarray, dict]:
+def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None) -> tuple[np.ndarray, ModelAttrs]:
     """Embeddings (float32, not normalized) of ``texts`` and the attributes naming the model."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -70,9 +82,11 @@ def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None) -> tu
     emb = model.encode(texts, batch_size=cfg.batch_size, convert_to_numpy=True, normalize_embeddings=False,
                        show_progress_bar=False) if texts else None
     dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    attrs = {"model": cfg.model, "model_source": source, "weights_sha256": weights_sha256(source),
-             "revision": revision_of(source), "dim": int(dim_of()),
-             "max_seq_length": int(model.max_seq_length), "device": device}
+    dim, max_seq_length = dim_of(), model.max_seq_length
+    assert dim is not None and max_seq_length is not None, "a sentence-transformers model has both"
+    attrs: ModelAttrs = {"model": cfg.model, "model_source": source, "weights_sha256": weights_sha256(source),
+                         "revision": revision_of(source), "dim": int(dim),
+                         "max_seq_length": int(max_seq_length), "device": device}
     if emb is None:
         emb = np.zeros((0, attrs["dim"]), dtype=np.float32)
     return np.asarray(emb, dtype=np.float32), attrs
@@ -92,7 +106,7 @@ class Embed(Stage):
         if cfg.embed.shards:
             return cfg.embed.shards
         if cfg.embed.shard_size:
-            records = [n.estimate.records for n in (upstream or {}).get("prepare", [])]
+            records: list[int | None] = [n.estimate.records for n in (upstream or {}).get("prepare", [])]
             if not records or records[0] is None:
                 raise ConfigError("embed.shard_size needs a record count the prepare stage cannot estimate "
                                   "for these sources", key="embed.shard_size", fix="set embed.shards instead")

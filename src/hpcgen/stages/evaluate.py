@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 from pydantic import Field
@@ -25,7 +26,12 @@ from hpcgen.config.schema import ModelRef, Resources, StageConfig
 from hpcgen.contracts import losses as contract
 from hpcgen.contracts import records as records_contract
 from hpcgen.contracts import snapshots as snapshots_contract
-from hpcgen.pipeline.stage import Stage, Task
+from hpcgen.pipeline.stage import SectionView, Stage, Task
+
+if TYPE_CHECKING:  # transformers loads only inside the functions that use it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from hpcgen.training.data import Encoded
 
 
 class EvalConfig(StageConfig):
@@ -91,8 +97,9 @@ class RewardModel:
         return np.asarray(out, dtype=np.float32)
 
 
-def generate_answers(model, tokenizer, prompts: list[str], template: str, max_length: int, max_new_tokens: int,
-                     batch_size: int, device: str = "cpu", budgets: list[int] | None = None) -> list[str]:
+def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], template: str,
+                     max_length: int, max_new_tokens: int, batch_size: int, device: str = "cpu",
+                     budgets: list[int] | None = None) -> list[str]:
     """Greedy answers, batched, with the model's KV cache (``generate``): the template's text
     before {answer} is the prompt; generation stops at the end-of-sequence token, and the
     template's text after {answer} is cut off.
@@ -102,9 +109,11 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
     answer and tail tokens: a longer greedy answer is wrong whether it is cut or not); a batch
     generates the largest budget among its rows, at most ``max_new_tokens``."""
     import torch
+    from transformers import GenerationMixin
 
     from hpcgen.training.data import split_template
 
+    assert isinstance(model, GenerationMixin)  # a causal LM: every *ForCausalLM generates
     head, tail = split_template(template)
     stop = tail.format(prompt="").strip() if "{prompt}" not in tail else ""
     ids = tokenizer([head.format(prompt=p) for p in prompts], add_special_tokens=False)["input_ids"]
@@ -128,13 +137,31 @@ def generate_answers(model, tokenizer, prompts: list[str], template: str, max_le
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max(need[i] for i in rows), pad_token_id=pad,
                                  eos_token_id=tokenizer.eos_token_id)
+        assert isinstance(out, torch.Tensor)  # the token ids: no return_dict_in_generate
         for i, row in zip(rows, out[:, width:]):
             text = tokenizer.decode(row, skip_special_tokens=True)
+            assert isinstance(text, str)  # one sequence decodes to one string
             answers[i] = text.split(stop)[0].strip() if stop else text.strip()
     return answers
 
 
-def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu", exact: bool = False):
+@overload
+def per_sample_loss(model: PreTrainedModel, enc: Encoded, pad_id: int, batch_size: int, device: str = ...,
+                    exact: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def per_sample_loss(model: PreTrainedModel, enc: Encoded, pad_id: int, batch_size: int, device: str = ..., *,
+                    exact: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def per_sample_loss(model: PreTrainedModel, enc: Encoded, pad_id: int, batch_size: int, device: str = ...,
+                    exact: bool = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+
+
+def per_sample_loss(model: PreTrainedModel, enc: Encoded, pad_id: int, batch_size: int, device: str = "cpu",
+                    exact: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Mean answer-token cross-entropy of every encoded record (NaN for records left out); with
     ``exact``, also greedy decoding's Exact-Match of each (1/0, NaN where left out), from the same
     forward (see ``record_losses``)."""
@@ -145,7 +172,8 @@ def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu
 
     out = np.full(len(enc.ids), np.nan, dtype=np.float64)
     hits = np.full(len(enc.ids), np.nan, dtype=np.float64)
-    rows = sorted((i for i in range(len(enc.ids)) if enc.ids[i] is not None), key=lambda i: len(enc.ids[i]))
+    lengths = {i: len(x) for i, x in enumerate(enc.ids) if x is not None}
+    rows = sorted(lengths, key=lengths.__getitem__)
     model.eval()
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
@@ -155,6 +183,7 @@ def per_sample_loss(model, enc, pad_id: int, batch_size: int, device: str = "cpu
             means, ok = got if exact else (got, None)
             out[chunk] = means.cpu().numpy()  # NaN for a record without answer tokens
             if exact:
+                assert ok is not None  # record_losses' Exact-Match, asked for with exact
                 answered = (b["labels"][:, 1:] != IGNORE).any(1).cpu().numpy()
                 hits[chunk] = np.where(answered, ok.cpu().numpy(), np.nan)
     return (out, hits) if exact else out
@@ -168,10 +197,10 @@ class Evaluate(Stage):
     upstream = ("prepare", "train")
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=8192, time=120)
 
-    def plan(self, cfg, upstream=None) -> int:
+    def plan(self, cfg: SectionView, upstream: dict[str, list[Any]] | None = None) -> int:
         return cfg.eval.tasks
 
-    def check(self, cfg) -> None:
+    def check(self, cfg: SectionView) -> None:
         from hpcgen.errors import ConfigError
         from hpcgen.similarity.model import check_model_dir
 

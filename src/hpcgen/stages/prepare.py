@@ -8,7 +8,7 @@ documents their columns and keys and has the reader every later stage uses.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,7 @@ from hpcgen.data.p3 import P3Source
 from hpcgen.data.records import Example, render
 from hpcgen.data.rewriting import RewritingSource
 from hpcgen.data.sampling import assign_splits, cap_per_task, decontaminate, generalist, mix
+from hpcgen.data.sourcebase import Source
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Estimate, SectionView, Stage, Task
 
@@ -30,8 +31,12 @@ AnySource = Annotated[
 ]
 
 
+def _default_sources() -> list[AnySource]:
+    return [NIV2Source()]
+
+
 class DataConfig(StageConfig):
-    sources: list[AnySource] = Field(default_factory=lambda: [NIV2Source()], min_length=1)
+    sources: list[AnySource] = Field(default_factory=_default_sources, min_length=1)
     template: str = contract.DEFAULT_TEMPLATE
     embed_template: str = contract.DEFAULT_EMBED_TEMPLATE
     max_per_train_task: int = Field(20, ge=1, description="N: items per training task")
@@ -44,7 +49,7 @@ class DataConfig(StageConfig):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _distinct_names(self):
+    def _distinct_names(self) -> DataConfig:
         labels = [s.label() for s in self.sources]
         dupes = sorted({n for n in labels if labels.count(n) > 1})
         if dupes:
@@ -59,10 +64,29 @@ class DataConfig(StageConfig):
         return self
 
 
-def prepare_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+class ContaminationReport(TypedDict):
+    """contamination.json (hpcgen.contracts.records)."""
+
+    normalization: str
+    compared: str
+    allowed: bool
+    test_items_matched: int
+    train_items_removed: int
+    matches: list[dict[str, Any]]  # {test_id, train_ids}
+
+
+class PrepareReport(TypedDict):
+    """What ``prepare_examples`` reports besides the records."""
+
+    contamination: ContaminationReport
+    skipped: dict[str, int]  # what the sources skipped, by reason
+
+
+def prepare_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], PrepareReport]:
     """Load, split, cap, decontaminate and mix: (train, test, report)."""
-    stats: Counter = Counter()
-    train_by_source, test = [], []
+    stats: Counter[str] = Counter()
+    train_by_source: list[tuple[Source, list[Example]]] = []
+    test: list[Example] = []
     for i, source in enumerate(cfg.sources):
         key = f"data.sources[{i}]"
         examples = list(source.load(key, stats))
@@ -96,7 +120,7 @@ def prepare_examples(cfg: DataConfig) -> tuple[list[Example], list[Example], dic
     if not test:
         raise ConfigError("the test split is empty after filtering", key="data",
                           fix="check the split lists and test settings")
-    report = {
+    report: PrepareReport = {
         "contamination": {"normalization": "NFKC, lower case, punctuation removed, spaces collapsed",
                           "compared": "prompt + ' ' + answer", "allowed": cfg.allow_contamination,
                           "test_items_matched": len(contamination.matches),

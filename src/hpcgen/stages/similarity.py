@@ -11,6 +11,7 @@ Its files (``similarity-BBBBB.h5``, and from task 0 the joins ``distances.h5`` a
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any, Literal
 
 import h5py
@@ -37,7 +38,8 @@ class SimilarityConfig(StageConfig):
     store_matrix: bool = True
 
 
-def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: SimilarityConfig, xp) -> None:
+def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: SimilarityConfig,
+                  xp: ModuleType) -> None:
     """Distances, aggregates and top-K of training rows [lo, hi) into the open file ``f``."""
     n, m = hi - lo, emb.n_test
     test = HeldOut.build(xp, emb.test(), emb.normalized)
@@ -56,6 +58,7 @@ def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: Simila
     buffer = xp.empty((chunk, m), dtype=xp.float32) if n else None
     for c_lo, rows in emb.train_chunks(lo, hi, chunk):
         c_hi = c_lo + len(rows)
+        assert buffer is not None  # there are rows to compute only when n > 0
         for metric in cfg.metrics:
             d, agg = block_distances(xp, rows, test, metric, emb.normalized, out=buffer[: c_hi - c_lo])
             for name, values in agg.items():
@@ -85,7 +88,7 @@ class Similarity(Stage):
         if sim.tasks:
             return sim.tasks
         if sim.block_rows:
-            records = [n.estimate.records for n in (upstream or {}).get("embed", [])]
+            records: list[int | None] = [n.estimate.records for n in (upstream or {}).get("embed", [])]
             if not records or records[0] is None:
                 raise ConfigError("similarity.block_rows needs a record count that cannot be estimated for "
                                   "these sources", key="similarity.block_rows", fix="set similarity.tasks instead")

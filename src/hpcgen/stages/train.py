@@ -24,7 +24,7 @@ from hpcgen.contracts import arrangement as arrangement_contract
 from hpcgen.contracts import records as records_contract
 from hpcgen.contracts import snapshots as contract
 from hpcgen.errors import ConfigError
-from hpcgen.pipeline.stage import Estimate, Stage, Task
+from hpcgen.pipeline.stage import Estimate, SectionView, Stage, Task
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the data-arrangement paper: LLaMA-2-7B full fine-tuning
@@ -114,7 +114,7 @@ class TrainConfig(StageConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset(cls, data):
+    def _preset(cls, data: Any) -> Any:
         # runs before validation, on whatever the file holds: only a known name selects a preset;
         # anything else is left for the field's own check to refuse with its line
         name = data.get("preset") if isinstance(data, dict) else None
@@ -123,7 +123,7 @@ class TrainConfig(StageConfig):
         return data
 
     @model_validator(mode="after")
-    def _batches(self):
+    def _batches(self) -> TrainConfig:
         if self.global_batch % self.micro_batch:
             raise ValueError(f"micro_batch {self.micro_batch} does not divide global_batch {self.global_batch}")
         if self.hidden % self.heads:
@@ -131,7 +131,7 @@ class TrainConfig(StageConfig):
         return self
 
 
-def model_shape(name: str) -> dict | None:
+def model_shape(name: str) -> dict[str, Any] | None:
     """The config.json of a local model directory, or the known shape of a hub model; None if
     neither (a hub name plan cannot look up offline)."""
     from pathlib import Path
@@ -139,7 +139,8 @@ def model_shape(name: str) -> dict | None:
     path = Path(name).expanduser() / "config.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            shape: dict[str, Any] = json.loads(path.read_text())  # a config.json is a JSON object
+            return shape
         except ValueError:
             return None
     return KNOWN_CONFIGS.get(name)
@@ -152,7 +153,7 @@ class Train(Stage):
     upstream = ("prepare", "arrange")
     defaults = Resources(nodes=1, tasks_per_node=1, cpus=2, gpus=0, mem=16384, time=240)
 
-    def check(self, cfg) -> None:
+    def check(self, cfg: SectionView) -> None:
         from hpcgen.similarity.model import check_model_dir
         from hpcgen.training.dsconfig import load_deepspeed
 
@@ -163,7 +164,7 @@ class Train(Stage):
                               fix="set train.model to a local model directory")
         load_deepspeed(cfg.train.deepspeed, cfg.train.deepspeed_overrides)
 
-    def check_resources(self, cfg, resources) -> None:
+    def check_resources(self, cfg: SectionView, resources: Resources) -> None:
         """global batch = micro batch x accumulation x nodes x tasks per node, with a whole
         accumulation: refused here, not in the job after its queue wait."""
         from hpcgen.training.data import batch_sizes
@@ -179,7 +180,7 @@ class Train(Stage):
                        f"set train.global_batch to a multiple of {ranks}"))
             raise ConfigError(err.reason, key="train.micro_batch", fix=hint) from None
 
-    def estimate(self, cfg, size: int, upstream=None) -> Estimate:
+    def estimate(self, cfg: SectionView, size: int, upstream: dict[str, list[Any]] | None = None) -> Estimate:
         """Snapshot disk: parameters x bytes per weight x snapshots (steps / save_every, with the
         records estimate as an upper bound of the training items; unknown: one snapshot). A LoRA
         run's snapshots are its adapters: r x (in + out) per adapted layer, from the base model's
@@ -193,15 +194,16 @@ class Train(Stage):
                 return Estimate()
             params = lora_parameter_count(shape, t.lora)
         elif t.model:
-            params = KNOWN_PARAMETERS.get(t.model)
-            if params is None:
+            known = KNOWN_PARAMETERS.get(t.model)
+            if known is None:
                 return Estimate()
+            params = known
         else:
             from hpcgen.training.model import parameter_count
 
             params = parameter_count(t, t.vocab_size)
-        records = [n.estimate.records for nodes in (upstream or {}).values() for n in nodes
-                   if n.estimate.records is not None]
+        records: list[int] = [n.estimate.records for nodes in (upstream or {}).values() for n in nodes
+                              if n.estimate.records is not None]
         snapshots = 1
         if records:
             steps = t.steps or t.epochs * (max(records) // t.global_batch)
@@ -214,7 +216,7 @@ class Train(Stage):
         cfg: TrainConfig = task.config.train
         prepared = task.input("prepare")
         table = records_contract.read_records(prepared, ["prompt", "answer", "text"])
-        records: dict[str, list] = {name: table.train(name) for name in ("prompt", "answer", "text")}
+        records: dict[str, list[Any]] = {name: table.train(name) for name in ("prompt", "answer", "text")}
         records["test"] = list(zip(table.test("prompt"), table.test("answer"))) if cfg.eval_in_loop else []
         order = arrangement_contract.read_order(task.input("arrange"))
         template = records_contract.read_summary(prepared).template

@@ -37,10 +37,16 @@ IGNORE = -100
 
 @dataclass
 class Encoded:
-    ids: list[list[int]]  # per training row (in records order), None where left out
+    ids: list[list[int] | None]  # per training row (in records order), None where left out
     n_prompt: list[int]
     too_long: list[int]  # training rows whose answer alone exceeds max_length
     truncated: int = 0  # records that lost prompt tokens from the left to fit max_length
+
+    def row(self, i: int) -> list[int]:
+        """The token ids of training row ``i``, which is not one of those left out."""
+        ids = self.ids[i]
+        assert ids is not None, f"row {i} is left out (its answer alone exceeds max_length)"
+        return ids
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -57,7 +63,10 @@ def encode(tokenizer, prompts: list[str], answers: list[str], template: str, max
     heads = tokenizer([head.format(prompt=p) for p in prompts], add_special_tokens=False)["input_ids"]
     tails = tokenizer([a + tail.format(prompt=p) for p, a in zip(prompts, answers)],
                       add_special_tokens=False)["input_ids"]
-    ids, n_prompt, too_long, truncated = [], [], [], 0
+    ids: list[list[int] | None] = []
+    n_prompt: list[int] = []
+    too_long: list[int] = []
+    truncated = 0
     for i, (h, t) in enumerate(zip(heads, tails)):
         if len(t) > max_length:
             too_long.append(i)
@@ -75,12 +84,12 @@ def encode(tokenizer, prompts: list[str], answers: list[str], template: str, max
 
 def collate(rows: list[int], enc: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     """A batch padded to its longest record (right padding), labels -100 on prompt and padding."""
-    width = max(len(enc.ids[r]) for r in rows)
+    width = max(len(enc.row(r)) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):
-        seq = enc.ids[r]
+        seq = enc.row(r)
         input_ids[b, : len(seq)] = torch.tensor(seq)
         attention[b, : len(seq)] = 1
         labels[b, enc.n_prompt[r]: len(seq)] = torch.tensor(seq[enc.n_prompt[r]:])
@@ -129,7 +138,7 @@ class Feed:
 
 def answer_tokens(rows, enc: Encoded) -> int:
     """Tokens the loss covers in these records (the answer and the template's tail)."""
-    return sum(len(enc.ids[r]) - enc.n_prompt[r] for r in rows)
+    return sum(len(enc.row(r)) - enc.n_prompt[r] for r in rows)
 
 
 def token_weights(batches: list[np.ndarray], enc: Encoded, step_tokens: int | None = None,

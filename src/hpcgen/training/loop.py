@@ -23,6 +23,7 @@ import pickle
 import random
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,9 @@ def gather_weights(engine, rank: int, group_elements: int | None = None,
     zero3 = engine.zero_optimization_stage() == 3
     pin = torch.cuda.is_available()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
-    groups, group, size = [], [], 0
+    groups: list[list[tuple[str, torch.nn.Parameter]]] = []
+    group: list[tuple[str, torch.nn.Parameter]] = []
+    size = 0
     for name, p in named:
         n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
         if group and size + n > group_elements:
@@ -240,12 +243,10 @@ class SnapshotWriter:
     next snapshot waits for the previous one); ``close`` waits for the last."""
 
     def __init__(self) -> None:
-        self.thread = None
+        self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
     def write(self, model, tokenizer, weights: dict, folder: Path, record: dict) -> None:
-        import threading
-
         self.wait()
 
         def run() -> None:
@@ -469,13 +470,13 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str, stop=None, 
         enc = encode(tokenizer, [records["prompt"][i] for i in order_rows],
                      [records["answer"][i] for i in order_rows], template, cfg.max_length)
         tmp = enc_file.with_name(f".tmp-{enc_file.name}")
-        with open(tmp, "wb") as fh:
-            pickle.dump(enc, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(tmp, "wb") as pkl_out:
+            pickle.dump(enc, pkl_out, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, enc_file)
     if dist.is_initialized():
         dist.barrier()
-    with open(enc_file, "rb") as fh:
-        enc = pickle.load(fh)
+    with open(enc_file, "rb") as pkl_in:
+        enc = pickle.load(pkl_in)
     if len(enc.ids) != len(order_rows):
         raise RuntimeError(f"{enc_file} holds {len(enc.ids)} records, the arrangement {len(order_rows)}")
     if len(enc.too_long) == len(order_rows):
@@ -531,9 +532,9 @@ def train(task, cfg, records, order_rows: np.ndarray, template: str, stop=None, 
             path.unlink(missing_ok=True)
     else:  # drop lines past the checkpoint (written before an interruption)
         # metrics count completed steps (1, 2, ...); consumed rows are by step index (0, 1, ...)
-        for path, last in ((metrics_path, start), (consumed_path, start - 1), (work / "test_loss.jsonl", start)):
+        for path, last_step in ((metrics_path, start), (consumed_path, start - 1), (work / "test_loss.jsonl", start)):
             if path.is_file():
-                lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last]
+                lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
                 path.write_text("".join(ln + "\n" for ln in lines))
     snap_dir = work / "snapshots"
     snap_dir.mkdir(exist_ok=True)

@@ -28,8 +28,8 @@ def build_model(cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, ds_
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every resume
-    zero3 = bool(ds_config) and (ds_config.get("zero_optimization") or {}).get("stage") == 3
-    bf16 = bool(ds_config) and bool((ds_config.get("bf16") or {}).get("enabled"))
+    zero3 = ds_config is not None and (ds_config.get("zero_optimization") or {}).get("stage") == 3
+    bf16 = ds_config is not None and bool((ds_config.get("bf16") or {}).get("enabled"))
     partitioned = zero3 and bool(cfg.model or getattr(cfg, "partitioned_init", False))
     hf_ds = None
     if partitioned:

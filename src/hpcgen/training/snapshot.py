@@ -111,5 +111,5 @@ def load_snapshot(path, dtype=None, device="cpu"):
     except (OSError, ValueError) as exc:
         raise ConfigError(f"snapshot {path}: cannot load its base model {base} ({str(exc).splitlines()[0]})",
                           key="train.model", fix="give the evaluation a local copy of the base model") from None
-    model = PeftModel.from_pretrained(model.to(device), str(path), torch_device=str(device))
-    return model.merge_and_unload().eval()
+    peft_model = PeftModel.from_pretrained(model.to(device), str(path), torch_device=str(device))
+    return peft_model.merge_and_unload().eval()

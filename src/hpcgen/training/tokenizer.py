@@ -9,7 +9,7 @@ A pretrained model brings its own tokenizer (by name or path).
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -40,7 +40,7 @@ def char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return _wrap(tok)
 
 
-def build_tokenizer(kind: str, texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(kind: str, texts: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
     if kind == "bpe":
         return train_bpe(texts, vocab_size)
     if kind == "char":

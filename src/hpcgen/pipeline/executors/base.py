@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.console import Console
 
@@ -76,7 +76,7 @@ class Submission:
     stderr: str | None = None
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Submission:
+    def from_dict(cls, data: Mapping[str, Any]) -> Submission:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["executor"] = str(values.get("executor") or "")
@@ -101,7 +101,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def attempt_state(attempt: Mapping) -> JobState | None:
+def attempt_state(attempt: Mapping[str, Any]) -> JobState | None:
     """What a task's own attempt record says (the runner writes it, on whatever executor): failed
     (with its error), running (while its process lives), or nothing (None)."""
     if attempt.get("state") == "failed":
@@ -142,7 +142,7 @@ class Executor(ABC):
     def __init__(self, exp: Experiment, store: Store, console: Console | None = None) -> None:
         self.exp, self.store = exp, store
         self.console = console or Console(stderr=True)
-        self.container: dict | None = None  # the image every task runs in, as markers record it
+        self.container: dict[str, Any] | None = None  # the image every task runs in, as markers record it
 
     # --- choosing an executor -------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Executor(ABC):
         return {}
 
     def states(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> dict[str, JobState]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, JobState]:
         """The state of each of these submitted tasks, from one batched query at most.
 
         By default, what the tasks' own attempt records say, else UNKNOWN: right for tasks that
@@ -223,7 +223,7 @@ class Executor(ABC):
         return {task: attempt_state(attempts.get(task) or {}) or JobState(UNKNOWN) for task in records}
 
     def cancel(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> tuple[int, str]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[int, str]:
         """Cancel what of these tasks is queued or running: (how many tasks, how it was done; ""
         where nothing was). By default nothing outlives ``submit``: nothing to cancel."""
         return 0, ""

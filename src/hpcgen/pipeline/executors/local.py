@@ -20,10 +20,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 import submitit
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from hpcgen.config import Experiment
 from hpcgen.config.schema import signal_delay
@@ -46,7 +48,7 @@ from hpcgen.pipeline.store import now, read_json, write_json
 @dataclass
 class _Running:
     spec: TaskSpec
-    job: submitit.Job
+    job: submitit.Job[dict[str, Any]]  # TaskRunner's result: one per process of the task
     cpus: int
 
 
@@ -81,7 +83,7 @@ class LocalExecutor(Executor):
         return None
 
     def states(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> dict[str, JobState]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, JobState]:
         """What the tasks' attempt records say; a task that has none is pending while the submit
         that started it lives (one read of ``local.json``), else UNKNOWN."""
         attempts = attempts or {}
@@ -89,7 +91,7 @@ class LocalExecutor(Executor):
         return {task: attempt_state(attempts.get(task) or {}) or waiting for task in records}
 
     def cancel(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> tuple[int, str]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[int, str]:
         """Stop the local submit (SIGTERM: it cancels its running tasks and starts no more)."""
         pid = self._submit_pid()
         if pid is None:
@@ -114,7 +116,7 @@ class LocalExecutor(Executor):
         marker = self.marker
         write_json(marker, {"host": socket.gethostname(), "pid": os.getpid(), "started": now()})
 
-        def on_term(signum, frame):  # `hpcgen cancel` sends SIGTERM
+        def on_term(signum: int, frame: FrameType | None) -> NoReturn:  # `hpcgen cancel` sends SIGTERM
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, on_term)
@@ -122,11 +124,11 @@ class LocalExecutor(Executor):
         progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                             console=self.console, disable=not interactive)
-        bars = {}
+        totals: dict[str, int] = {}  # stage -> its tasks, stages in the order they come
         for batch in batches:
-            if batch.stage not in bars:
-                bars[batch.stage] = progress.add_task(batch.stage, total=0, note="")
-            progress.update(bars[batch.stage], total=progress.tasks[bars[batch.stage]].total + len(batch.specs))
+            totals[batch.stage] = totals.get(batch.stage, 0) + len(batch.specs)
+        bars: dict[str, TaskID] = {stage: progress.add_task(stage, total=total, note="")
+                                   for stage, total in totals.items()}
 
         def say(text: str) -> None:
             if not interactive:
@@ -209,7 +211,7 @@ class LocalExecutor(Executor):
         return (text[0] if text else type(exc).__name__), False
 
     def _start(self, spec: TaskSpec, batch: Batch,
-               executors: dict[tuple[str, str | None], submitit.LocalExecutor]) -> submitit.Job:
+               executors: dict[tuple[str, str | None], submitit.LocalExecutor]) -> submitit.Job[dict[str, Any]]:
         python = self.python(batch.resources)
         ex = executors.get((batch.stage, python))
         if ex is None:

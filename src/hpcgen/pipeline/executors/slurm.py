@@ -107,7 +107,7 @@ def sbatch_parameters(resources: Resources, *, job_name: str, dependency: list[s
     # srun does not inherit sbatch's --cpus-per-task on Slurm 22.05-23.02 (each rank then gets one
     # core): pass it to srun as well
     params["srun_args"] = [f"--cpus-per-task={r.cpus or 1}"]
-    extra = {"kill-on-invalid-dep": "yes"}
+    extra: dict[str, bool | int | float | str] = {"kill-on-invalid-dep": "yes"}
     extra.update(r.sbatch)
     params["additional_parameters"] = extra
     return params
@@ -176,7 +176,7 @@ def expand_job_id(job_id: str) -> list[str]:
     return out
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -285,7 +285,7 @@ class SlurmExecutor(Executor):
         return {task: records[task].job_id for task, raw in live.items() if slurm_state(raw, live=True) in ACTIVE}
 
     def states(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> dict[str, JobState]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, JobState]:
         """ONE ``squeue`` call says what is still queued or running; only tasks that left the
         queue with no recorded failure need ``sacct`` (one more call) to say how they ended
         (cancelled, timed out, out of memory). A task that failed said so in its attempt record,
@@ -311,7 +311,7 @@ class SlurmExecutor(Executor):
         return out
 
     def cancel(self, records: Mapping[str, Submission],
-               attempts: Mapping[str, Mapping] | None = None) -> tuple[int, str]:
+               attempts: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[int, str]:
         """ONE ``squeue`` call, then ONE ``scancel`` of every job still queued or running."""
         live = self.in_flight(records)
         if not live:
