@@ -168,7 +168,8 @@ def plan(d: dict) -> Row:
             f"`hpcgen plan --json` of {num(d['runs'])} runs ({d['axes']} axes), {num(d['nodes'])} nodes, "
             f"{num(d['tasks'])} tasks: {sec(d['cli_plan_json_s'])} whole command "
             f"({check(d, 'cli_plan_json_s', d['cli_plan_json_s'], PLAN_S)}); load, validate and expand "
-            f"{sec(d['load_validate_expand_s'])}, graph {sec(d['build_graph_s'])}, to_dict {sec(d['to_dict_s'])}")
+            f"{sec(d['load_validate_expand_s'])}, graph {sec(d['build_graph_s'])}, to_dict {sec(d['to_dict_s'])}"
+            + (f" ({d['note']})" if d.get("note") else ""))
 
 
 def slurm(d: dict) -> Row:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from hpcgen.config import Experiment, Run
 from hpcgen.config.identity import short_hash
@@ -115,19 +115,14 @@ class _FanIn:
     runs: list[str] = field(default_factory=list)
 
 
-@runtime_checkable
-class _RunConfig(Protocol):
-    """What the config of every run has, whatever the pipeline's sections: a model made at run
-    time (``hpcgen.config.schema.experiment_model``), so ``Run.config`` is typed as a BaseModel."""
-
-    cluster: Cluster
-
-
 def run_cluster(run: Run) -> Cluster:
-    """The ``cluster`` section of a run."""
-    config = run.config
-    assert isinstance(config, _RunConfig), "an experiment model always has a cluster section"
-    return config.cluster
+    """The ``cluster`` section of a run. The config of every run has one, whatever the pipeline's
+    sections: a model made at run time (``hpcgen.config.schema.experiment_model``), so
+    ``Run.config`` is typed as a BaseModel. (A plain isinstance: a runtime-checkable Protocol
+    cost 0.6 s over the 12,000 nodes of a 10,800-run plan.)"""
+    cluster = getattr(run.config, "cluster", None)
+    assert isinstance(cluster, Cluster), "an experiment model always has a cluster section"
+    return cluster
 
 
 def _key(stage: Stage, texts: list[str], upstream_keys: list[str]) -> str:
