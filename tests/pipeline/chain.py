@@ -31,6 +31,9 @@ class StepConfig(StageConfig):
     value: int = 1
     tasks: int = Field(1, ge=1)
     sleep: float = 0.0
+    # the node's tasks wait (up to 60 s) until this many of them have started: a test of parallel
+    # execution then waits for what it checks, not for a time that a loaded machine can exceed
+    rendezvous: int = 0
     fail: bool = False
     fail_index: int | None = None
     pad_bytes: int = 0  # also write pad-NNNNN.bin of this size (to fill a disk)
@@ -76,6 +79,15 @@ class Step(Stage):
         event("start", task, earlier_attempts=earlier)
         if task.rank:  # the other processes of a multi-process task only say they ran
             return
+        if cfg.rendezvous:
+            here = task.dir / ".rendezvous"
+            here.mkdir(exist_ok=True)
+            (here / str(task.index)).touch()
+            deadline = time.monotonic() + 60
+            while len(list(here.iterdir())) < cfg.rendezvous:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{task.stage}[{task.index}]: the node's other tasks never started beside it")
+                time.sleep(0.05)
         total = cfg.value
         for ups in task.inputs.values():
             for up in ups:

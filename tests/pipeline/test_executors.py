@@ -54,7 +54,7 @@ def expected_total() -> int:
 
 
 def test_local_executor_runs_the_graph_in_order_and_in_parallel(cli, write_exp, events, pipeline, tmp_path):
-    path = write_exp(SMALL)
+    path = write_exp(SMALL.replace("sleep: 1.0", "rendezvous: 2"))  # the shards wait for each other
     code, out, err = cli("submit", path, "--executor", "local")
     assert code == 0, out + err
     graph, ups = upstream_map(path, pipeline)
