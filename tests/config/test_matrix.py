@@ -133,15 +133,16 @@ def test_configs_pickled_before_a_new_setting_unpickle_with_its_default():
 
 def test_run_ids_and_node_keys_keep_their_values_and_lengths(pipeline):
     # They name the directories of existing stores (store/STAGE/KEY) and are recorded in them:
-    # another hash, length or text would orphan every store made so far.
+    # another hash, length or text would orphan every store made so far. The values hash the test
+    # pipeline's sections (tests/pipeline/chain.py), so a new option there changes them too.
     from hpcgen.config.identity import HEX_DIGITS
     from hpcgen.pipeline.graph import build_graph
 
     assert HEX_DIGITS == {"run": 10, "node": 16}
     exp = load("config_with_axes.yaml", pipeline)
-    assert [r.id for r in exp.runs][:2] == ["0a4b6a6e47", "2025d46730"]
+    assert [r.id for r in exp.runs][:2] == ["7aeca6eae8", "375f21b193"]
     nodes = {n.id for n in build_graph(exp, pipeline).nodes.values()}
-    assert {"prepare/319a783eeb26a077", "aggregate/6fb86d035546d837"} <= nodes
+    assert {"prepare/33507d0c166a906f", "aggregate/8b79a3f095b6c23f"} <= nodes
     assert all(len(n.split("/")[1]) == 16 for n in nodes)
 
 
