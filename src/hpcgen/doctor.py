@@ -18,9 +18,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from hpcgen import __version__
 from hpcgen.pipeline import container as images
 from hpcgen.pipeline.store import git_commit, package_versions
+from hpcgen.version import __version__
 
 
 def _torch() -> dict[str, Any]:

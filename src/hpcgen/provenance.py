@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from hpcgen import __version__
+from hpcgen.version import __version__
 
 
 @lru_cache(maxsize=1)

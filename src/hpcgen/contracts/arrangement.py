@@ -31,8 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpcgen import __version__
 from hpcgen.contracts import Node, node_dir, require, upstream_error
+from hpcgen.version import __version__
 
 ARRANGEMENT = "arrangement.h5"
 STR = h5py.string_dtype("utf-8")

@@ -41,8 +41,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hpcgen import __version__
 from hpcgen.contracts import Node, node_dir, require, upstream_error
+from hpcgen.version import __version__
 
 STR = h5py.string_dtype("utf-8")
 
