@@ -88,6 +88,15 @@ class Step(Stage):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{task.stage}[{task.index}]: the node's other tasks never started beside it")
                 time.sleep(0.05)
+        if os.environ.get("HPCGEN_TEST_PROGRESS_STAGE") == task.stage:  # says half done, waits for the go file
+            task.progress(1, 2, "steps")
+            go = os.environ["HPCGEN_TEST_PROGRESS_GO"]
+            deadline = time.monotonic() + 120
+            while not os.path.exists(go):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{task.stage}[{task.index}]: nobody saw the progress")
+                time.sleep(0.05)
+            task.progress(2, 2, "steps")
         total = cfg.value
         for ups in task.inputs.values():
             for up in ups:

@@ -235,6 +235,10 @@ class TaskMeta:
                    container=data.get("container"), stop=data.get("stop"), resources=data.get("resources"))
 
 
+#: how often ``Task.progress`` writes its file at most (seconds)
+PROGRESS_EVERY_S = 2.0
+
+
 @dataclass
 class Task:
     """The context one array task runs in.
@@ -272,6 +276,31 @@ class Task:
         path = self.dir / work_name(self.index)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def progress(self, done: int, total: int, unit: str = "items") -> None:
+        """Say how far the task is (``done`` of ``total`` ``unit``). Written, at most every
+        ``PROGRESS_EVERY_S`` seconds and always at the end, to ``progress/INDEX.json`` in the
+        node directory (``hpcgen.pipeline.store.read_progress``), where the local executor
+        shows it beside the stage's bar. Only rank 0 writes; nothing reads it for results."""
+        if self.rank != 0:
+            return
+        import json
+        import os
+        import time
+
+        clock = time.monotonic()
+        first = self.__dict__.setdefault("_progress_start", (clock, done))
+        if done < total and clock - self.__dict__.get("_progress_said", -1e9) < PROGRESS_EVERY_S:
+            return
+        self.__dict__["_progress_said"] = clock
+        elapsed = clock - first[0]
+        rate = (done - first[1]) / elapsed if elapsed > 0 else None
+        path = self.dir / "progress" / f"{self.index:05d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"done": done, "total": total, "unit": unit, "rate_per_s": rate,
+                                   "attempt": self.attempt}))
+        os.replace(tmp, path)
 
     def output(self, name: str) -> Path:
         """A path to write the output file ``name`` to; it appears as ``dir/name`` on success."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import platform
 import shutil
@@ -205,6 +206,27 @@ class Store:
                 if name.startswith(prefix):
                     path = base / name
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def read_progress(node_dir: Path, index: int) -> dict[str, Any] | None:
+    """What a running task last said of its progress (``Task.progress``), if anything."""
+    try:
+        data = json.loads((node_dir / "progress" / f"{index:05d}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"done", "total"} <= set(data) else None
+
+
+def progress_text(data: dict[str, Any]) -> str:
+    """``12,800/101,000 records, 160/s, 10 min left`` from a progress record."""
+    done, total, unit = int(data["done"]), int(data["total"]), data.get("unit") or "items"
+    text = f"{done:,}/{total:,} {unit}"
+    rate = data.get("rate_per_s")
+    if isinstance(rate, (int, float)) and rate > 0:
+        left = (total - done) / rate
+        text += f", {rate:,.0f}/s" + (f", {left / 60:.0f} min left" if left >= 90 else
+                                       f", {left:.0f} s left" if done < total else "")
+    return text
 
 
 def work_name(index: int) -> str:

@@ -11,6 +11,7 @@ zero-norm embedding is an error naming the record ids.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -59,8 +60,15 @@ def check_rows(emb: np.ndarray, ids: list[str], where: str) -> np.ndarray:
     return norms
 
 
-def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None) -> tuple[np.ndarray, ModelAttrs]:
-    """Embeddings (float32, not normalized) of ``texts`` and the attributes naming the model."""
+#: texts per ``encode`` call: sentence-transformers sorts each call's texts by length, and between
+#: calls the task reports its progress
+PROGRESS_CHUNK = 8192
+
+
+def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None,
+           progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, ModelAttrs]:
+    """Embeddings (float32, not normalized) of ``texts`` and the attributes naming the model;
+    ``progress(done, total)`` after every ``PROGRESS_CHUNK`` texts."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -79,8 +87,13 @@ def encode(texts: list[str], cfg: EmbedConfig, threads: int | None = None) -> tu
         model = model.half()
     if cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
-    emb = model.encode(texts, batch_size=cfg.batch_size, convert_to_numpy=True, normalize_embeddings=False,
-                       show_progress_bar=False) if texts else None
+    parts = []
+    for lo in range(0, len(texts), PROGRESS_CHUNK):
+        parts.append(model.encode(texts[lo:lo + PROGRESS_CHUNK], batch_size=cfg.batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=False, show_progress_bar=False))
+        if progress is not None:
+            progress(min(lo + PROGRESS_CHUNK, len(texts)), len(texts))
+    emb = np.concatenate(parts) if parts else None
     dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim, max_seq_length = dim_of(), model.max_seq_length
     assert dim is not None and max_seq_length is not None, "a sentence-transformers model has both"
@@ -123,7 +136,7 @@ class Embed(Stage):
         texts = records.column("embed_text")[lo:hi]
         splits = records.column("split")[lo:hi]
         threads = task.meta.resources.threads if task.meta.resources else None
-        emb, attrs = encode(texts, cfg, threads)
+        emb, attrs = encode(texts, cfg, threads, lambda done, total: task.progress(done, total, "texts"))
         norms = check_rows(emb, ids, "embed")
         if cfg.normalize and len(emb):
             emb /= norms[:, None].astype(np.float32)

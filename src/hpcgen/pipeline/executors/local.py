@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -42,7 +42,7 @@ from hpcgen.pipeline.executors.base import (
     thread_setup,
 )
 from hpcgen.pipeline.runner import TaskRunner, TaskSpec
-from hpcgen.pipeline.store import now, read_json, write_json
+from hpcgen.pipeline.store import Store, now, progress_text, read_json, read_progress, write_json
 
 
 @dataclass
@@ -50,6 +50,8 @@ class _Running:
     spec: TaskSpec
     job: submitit.Job[dict[str, Any]]  # TaskRunner's result: one per process of the task
     cpus: int
+    started: float = field(default_factory=time.time)  # a progress file older than this is another attempt's
+    said: float = 0.0  # when its progress was last printed (not interactive)
 
 
 def logs_command(task_id: str, exp: Experiment) -> str:
@@ -176,6 +178,7 @@ class LocalExecutor(Executor):
                             done.add(task_id)
                             say(f"done {task_id}")
                         progress.advance(bars[stage])
+                    self._show_progress(running, progress, bars, interactive)
         except KeyboardInterrupt:
             for item in running.values():
                 item.job.cancel(check=False)
@@ -209,6 +212,39 @@ class LocalExecutor(Executor):
             return attempt["error"], bool(attempt.get("bad_input"))
         text = str(exc).strip().splitlines()
         return (text[0] if text else type(exc).__name__), False
+
+    #: how often a running task's progress is printed when the console is not a terminal (seconds)
+    progress_print_s = 30.0
+
+    def _show_progress(self, running: dict[str, _Running], progress: Progress, bars: dict[str, TaskID],
+                       interactive: bool) -> None:
+        """What running tasks say of their progress (``Task.progress``): beside the stage's bar
+        in a terminal, else a line per task every ``progress_print_s`` seconds."""
+        clock = time.monotonic()
+        if clock - getattr(self, "_progress_read", 0.0) < 1.0:
+            return
+        self._progress_read = clock
+        notes: dict[str, list[str]] = {}
+        for task_id, item in running.items():
+            spec = item.spec
+            node_dir = Store(Path(spec.store_root)).node_dir(spec.stage.name, spec.key)
+            data = read_progress(node_dir, spec.index)
+            path = node_dir / "progress" / f"{spec.index:05d}.json"
+            try:
+                fresh = data is not None and path.stat().st_mtime >= item.started - 1
+            except OSError:
+                fresh = False
+            if not fresh or data is None:
+                continue
+            text = progress_text(data)
+            notes.setdefault(spec.stage.name, []).append(text)
+            if not interactive and clock - item.said >= self.progress_print_s:
+                item.said = clock
+                self.console.print(f"  {task_id}: {text}", highlight=False)
+        if interactive:
+            for stage, texts in notes.items():
+                if stage in bars:
+                    progress.update(bars[stage], note=texts[0] if len(texts) == 1 else f"{len(texts)} running")
 
     def _start(self, spec: TaskSpec, batch: Batch,
                executors: dict[tuple[str, str | None], submitit.LocalExecutor]) -> submitit.Job[dict[str, Any]]:
