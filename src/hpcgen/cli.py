@@ -1,4 +1,4 @@
-"""Command line: submit | plan | status | cancel | logs | verify | report | doctor.
+"""Command line: submit | plan | status | cancel | logs | verify | report | arrange | doctor.
 
 Exit codes: 0 ok, 1 failed work, 2 bad input (nothing written).
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hpcgen import __version__
 from hpcgen.config import Experiment, load_experiment
 from hpcgen.errors import ConfigError, HpcgenError
 from hpcgen.pipeline import executors
 from hpcgen.pipeline.graph import Graph, build_graph, run_cluster
 from hpcgen.pipeline.registry import Pipeline
+from hpcgen.version import __version__
 
 
 def load_pipeline() -> Pipeline:
@@ -324,6 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, file_positional=False)
     p.set_defaults(func=cmd_logs)
 
+    p = sub.add_parser("arrange", help="order a training table by a test table (TMA or any strategy); no "
+                       "experiment file", description="Write TRAIN's rows in training order to OUT, with the columns "
+                       "hpcgen_position and hpcgen_round, and a sidecar OUT.hpcgen.json. TRAIN and TEST are JSONL, "
+                       "Parquet, a datasets save_to_disk directory or hf://NAME[:split].")
+    p.add_argument("train", metavar="TRAIN", help="the training rows")
+    p.add_argument("test", metavar="TEST", help="the test rows they are arranged for")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=Path,
+                   help="where the ordered rows go (format: by extension .jsonl/.parquet, a trailing / for a "
+                        "datasets directory, else TRAIN's)")
+    p.add_argument("--strategy", default="tma", help="any arrangement strategy (default tma)")
+    p.add_argument("--prompt-field", default="prompt", metavar="NAME")
+    p.add_argument("--answer-field", default="answer", metavar="NAME")
+    p.add_argument("--text-template", metavar="TEMPLATE",
+                   help="the text to embed from any fields, e.g. '{instruction} {input} {output}'")
+    p.add_argument("--task-field", metavar="NAME", help="a column naming each row's task (optional)")
+    p.add_argument("--model", metavar="NAME|DIR", help="sentence-transformers model (default: all-MiniLM-L6-v2, "
+                   "offline)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any setting of the stages, e.g. arrange.direction=reverse, embed.batch_size=256")
+    p.add_argument("--store", type=Path, metavar="DIR",
+                   help="where the stages' outputs are kept and reused (default ~/.cache/hpcgen/arrange)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where embed and similarity run: auto (a GPU where one is visible), cpu, cuda")
+    p.add_argument("--executor", default="local", choices=["local", "debug"],
+                   help="local: tasks in subprocesses (default); debug: in this process")
+    p.set_defaults(func=cmd_arrange)
+
     p = sub.add_parser("doctor", help="what this node or image can run: GPUs, CUDA, CuPy, DeepSpeed ops, Slurm")
     p.add_argument("--require-gpu", action="store_true", help="fail unless a GPU works (bf16, CuPy)")
     p.add_argument("--require-cuda-build", action="store_true", help="fail unless torch is a CUDA build")
@@ -334,8 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_arrange(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
+    from hpcgen.standalone import Fields, arrange_files
+
+    fields = Fields(args.prompt_field, args.answer_field, args.text_template, args.task_field)
+    result = arrange_files(args.train, args.test, args.output, fields, strategy=args.strategy, model=args.model,
+                           overrides=args.set or (), store=args.store, executor=args.executor,
+                           device=args.device, console=Console(stderr=True))
+    rounds = result.sidecar.get("rounds")
+    out.print(f"{args.output}: {len(result.order)} rows in {args.strategy} order"
+              + (f", {rounds} rounds" if rounds else "") + f" ({result.sidecar['seconds']:.1f} s)", highlight=False)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, pipeline: Pipeline, out: Console) -> int:
-    from hpcgen import doctor
+    import hpcgen.doctor as doctor
 
     info = doctor.collect()
     missing = doctor.problems(info, gpu=args.require_gpu, cuda_build=args.require_cuda_build,

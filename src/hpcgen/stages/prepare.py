@@ -22,11 +22,13 @@ from hpcgen.data.records import Example, render
 from hpcgen.data.rewriting import RewritingSource
 from hpcgen.data.sampling import assign_splits, cap_per_task, decontaminate, generalist, mix
 from hpcgen.data.sourcebase import Source
+from hpcgen.data.table import TableSource
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import Estimate, SectionView, Stage, Task
 
 AnySource = Annotated[
-    NIV2Source | FlanMiniSource | P3Source | ShareGPTSource | NoRobotsSource | JSONLSource | RewritingSource,
+    NIV2Source | FlanMiniSource | P3Source | ShareGPTSource | NoRobotsSource | JSONLSource | RewritingSource
+    | TableSource,
     Field(discriminator="format"),
 ]
 
