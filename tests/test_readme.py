@@ -38,7 +38,8 @@ from hpcgen.errors import ConfigError
 from hpcgen.stages import default_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "containers/README.md", "jobs/profiles/README.md", "benchmarks/results/README.md")
+READMES = ("README.md", "containers/README.md", "jobs/profiles/README.md", "benchmarks/results/README.md",
+           "docs/trainers.md")
 MIRRORED = ("examples", "jobs", "containers", "experiments.yaml", "benchmarks")  # linked into the temp root
 SNIPPET = "snippet.yaml"
 
