@@ -251,6 +251,21 @@ def tma(d: dict) -> Row:
             f"{num(d['dense_from_round'])}, longest list {num(d['max_list'])}")
 
 
+def arrange_cli(d: dict) -> Row:
+    rec, ref, stage = d["records"], d["sentence_transformers_reference"], d["stage_task_s"]
+    return ("`benchmarks/bench_arrange.py`", machine(d),
+            f"`hpcgen arrange` of {num(rec['train'])} x {num(rec['test'])} records of text (NIV2 sentences, "
+            f"{num(rec['mean_chars'])} characters on average; {d['model']}, max_seq_length {d['max_seq_length']}, "
+            f"batch {d['batch_size']}), fresh store: {minutes(d['wall_s'])} end to end; embed {sec(stage['embed'])} "
+            f"({pct(d['shares']['embed'])} of it) at {num(d['embed_texts_per_s'])} texts/s, "
+            f"{ratio(d['embed_vs_reference'])} of sentence-transformers' own encode() on {num(ref['texts'])} of the "
+            f"same texts with {ref['threads']} threads ({num(ref['texts_per_s'])} texts/s); the arrangement "
+            f"(similarity {sec(stage['similarity'])} + arrange {sec(stage['arrange'])}: TMA, {num(d['rounds'])} "
+            "rounds, with its SD_k curves and measures) "
+            f"{pct(d['arrangement_share'])} of the time; prepare {sec(stage['prepare'])}, outside the tasks "
+            f"{sec(d['outside_tasks_s'])}; the same call again {sec(d['second_call_s'])}. {d.get('note', '')}")
+
+
 def train(d: dict) -> Row:
     stage, plain = d["stage_tokens_per_s"], d["plain_torch_tokens_per_s"]
     losses = d.get("first_losses", {})
@@ -413,6 +428,7 @@ SUMMARIZERS: dict[str, Callable[[dict], Row]] = {
     "similarity_1m.json": similarity,
     "embed_throughput.json": embed,
     "tma_1m.json": tma,
+    "arrange_100k.json": arrange_cli,
     "train_cpu_overhead.json": train,
     "default_experiment.json": default_experiment,
     "paper_figures.json": paper_figures,
