@@ -86,7 +86,7 @@ def arranged(tables):
     return out
 
 
-def arrange_cli(tables, out: Path, *extra: str, train: Path | None = None, test: Path | None = None) -> int:
+def arrange_cli(tables, out: Path | str, *extra: str, train: Path | None = None, test: Path | None = None) -> int:
     base, _, _, train_file, test_file = tables
     return main(["arrange", str(train or train_file), str(test or test_file), "-o", str(out), "--prompt-field",
                  "input", "--answer-field", "output", "--store", str(base / "store"), "--executor", "debug", *extra])
@@ -149,6 +149,20 @@ def test_parquet_and_datasets_inputs_give_the_same_order_in_their_format(tables,
     # OUT's extension chooses another format
     assert arrange_cli(tables, base / "from_ds.jsonl", train=base / "train_ds", test=base / "test.parquet") == 0
     assert [r["input"] for r in read_jsonl(base / "from_ds.jsonl")] == want
+    assert arrange_cli(tables, f"{base / 'as_dir'}/") == 0  # a trailing / asks for a datasets directory
+    assert datasets.load_from_disk(str(base / "as_dir"))["input"] == want
+
+
+def test_a_folder_of_other_files_is_never_replaced(tables, capsys):
+    base = tables[0]
+    folder = base / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert arrange_cli(tables, f"{folder}/") == 2
+    err = capsys.readouterr().err
+    assert "not a datasets directory" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
 def test_strategy_options_reach_the_arrange_stage(tables, arranged):

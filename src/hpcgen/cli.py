@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Parquet, a datasets save_to_disk directory or hf://NAME[:split].")
     p.add_argument("train", metavar="TRAIN", help="the training rows")
     p.add_argument("test", metavar="TEST", help="the test rows they are arranged for")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, type=Path,
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="where the ordered rows go (format: by extension .jsonl/.parquet, a trailing / for a "
                         "datasets directory, else TRAIN's)")
     p.add_argument("--strategy", default="tma", help="any arrangement strategy (default tma)")

@@ -261,7 +261,7 @@ def _model_attrs(embed_dir: Path) -> dict[str, Any]:
         return {k: _plain(f.attrs[k]) for k in keep if k in f.attrs}
 
 
-def arrange_files(train_path: str, test_path: str, out: Path, fields: Fields, *, strategy: str = "tma",
+def arrange_files(train_path: str, test_path: str, out: str | Path, fields: Fields, *, strategy: str = "tma",
                   model: str | None = None, overrides: Sequence[str] = (), store: Path | None = None,
                   executor: str = "local", device: str = "auto", out_format: Kind | None = None,
                   console: Console | None = None) -> Result:
@@ -269,10 +269,15 @@ def arrange_files(train_path: str, test_path: str, out: Path, fields: Fields, *,
     check_strategy(strategy)
     train = read_table(train_path, "TRAIN")
     test = read_table(test_path, "TEST")
-    kind = out_format or kind_of_output(out, train.kind)
+    kind = out_format or kind_of_output(out, train.kind)  # as written: a trailing / means a directory
+    out = Path(out)
     if out.exists() and out.is_dir() != (kind == "dataset"):
         raise ConfigError(f"{str(out)!r} exists and is a {'directory' if out.is_dir() else 'file'}", key="-o",
                           fix="choose another output path, or remove it")
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file() for n in ("state.json",
+                                                                                      "dataset_info.json")):
+        raise ConfigError(f"{str(out)!r} is a folder that holds other files, not a datasets directory: it would "
+                          "be replaced", key="-o", fix="name a new folder for the arranged dataset")
     if not out.parent.exists():
         raise ConfigError(f"the folder of {str(out)!r} does not exist", key="-o", fix="create it first")
     result = run_arrangement(train, test, fields, strategy=strategy, model=model, overrides=overrides,

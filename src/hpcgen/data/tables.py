@@ -47,7 +47,7 @@ def detect(path: str) -> Kind:
         return "parquet" if fh.read(4) == b"PAR1" else "jsonl"
 
 
-def kind_of_output(out: Path, default: Kind) -> Kind:
+def kind_of_output(out: str | Path, default: Kind) -> Kind:
     """The output format: by OUT's extension (.jsonl / .json, .parquet; a trailing / for a
     ``datasets`` directory), else the input's."""
     name = str(out)
@@ -55,7 +55,7 @@ def kind_of_output(out: Path, default: Kind) -> Kind:
         return "jsonl"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    if name.endswith(os.sep):
+    if name.endswith(("/", os.sep)):
         return "dataset"
     return default
 
