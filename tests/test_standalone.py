@@ -179,6 +179,15 @@ def test_strategy_options_reach_the_arrange_stage(tables, arranged):
     assert [r["input"] for r in shuffled] != [r["input"] for r in nearest]
 
 
+def test_task_strategies_use_the_task_field(tables, arranged):
+    base, train, _, _, _ = tables
+    assert arrange_cli(tables, base / "rr.jsonl", "--strategy", "round_robin", "--task-field", "task") == 0
+    rows = read_jsonl(base / "rr.jsonl")
+    tasks = list(dict.fromkeys(r["task"] for r in train))
+    assert [r["task"] for r in rows[:len(tasks)]] == tasks  # one row of every task, in turn
+    assert sorted(r["input"] for r in rows) == sorted(r["input"] for r in train)
+
+
 def test_the_python_api_returns_the_input_type_in_the_same_order(tables, arranged):
     import datasets
     import pandas as pd
@@ -218,6 +227,7 @@ def test_the_python_api_returns_the_input_type_in_the_same_order(tables, arrange
     ("empty_test", "has no rows: the test set is empty"),
     ("blank_row", "row 2 has no text"),
     ("strategy", "--strategy: unknown strategy 'tmaa'; did you mean 'tma'"),
+    ("tasks", "--strategy: strategy 'round_robin' orders by task, and the rows have none; name the task column"),
     ("set", "--set: arrange.directoin"),
     ("hub", "cannot load 'no-such-user/no-such-dataset' from the hub"),
 ])
@@ -237,6 +247,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tables, tmp_path, caps
         train_file = write_jsonl(tmp_path / "blank.jsonl", rows)
     elif change == "strategy":
         args += ["--strategy", "tmaa"]
+    elif change == "tasks":
+        args += ["--strategy", "round_robin"]
     elif change == "set":
         args += ["--set", "arrange.directoin=reverse"]
     else:

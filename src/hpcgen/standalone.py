@@ -169,6 +169,11 @@ def plan_arrangement(train: Table, test: Table, fields: Fields, *, strategy: str
     from hpcgen.stages import default_pipeline
 
     check_strategy(strategy)
+    from hpcgen.arrangements.strategies import NEEDS_TASKS
+
+    if strategy in NEEDS_TASKS and fields.task_field is None:
+        raise ConfigError(f"strategy {strategy!r} orders by task, and the rows have none", key="--strategy",
+                          fix="name the task column with --task-field")
     overrides = device_overrides(device, visible_gpus()) + list(overrides)
     check_tables(train, test, fields)
     store = (store or default_store()).expanduser().resolve()

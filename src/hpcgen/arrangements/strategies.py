@@ -52,13 +52,17 @@ class Context:
 STRATEGIES: dict[str, Callable[[Context], Arrangement]] = {}
 #: strategies that need embeddings and distances (the others must not cause that work)
 NEEDS_SIMILARITY: set[str] = set()
+#: strategies that order by the records' tasks (every record needs one)
+NEEDS_TASKS: set[str] = set()
 
 
-def register(name: str, needs_similarity: bool = False):
+def register(name: str, needs_similarity: bool = False, needs_tasks: bool = False):
     def wrap(fn):
         STRATEGIES[name] = fn
         if needs_similarity:
             NEEDS_SIMILARITY.add(name)
+        if needs_tasks:
+            NEEDS_TASKS.add(name)
         return fn
     return wrap
 
@@ -84,7 +88,7 @@ def random_order(ctx: Context) -> Arrangement:
     return Arrangement(order)
 
 
-@register("round_robin")
+@register("round_robin", needs_tasks=True)
 def round_robin(ctx: Context) -> Arrangement:
     """Section 3.1, round-robin: consecutive blocks each take one item from every task in turn
     (tasks in first-appearance order, items in record order; exhausted tasks drop out)."""
@@ -95,7 +99,7 @@ def round_robin(ctx: Context) -> Arrangement:
     return Arrangement(np.asarray(rows, dtype=np.int64), np.asarray(rounds, dtype=np.int32))
 
 
-@register("cluster")
+@register("cluster", needs_tasks=True)
 def cluster(ctx: Context) -> Arrangement:
     """Section 3.1, cluster: all items of a task together; tasks in seeded random order."""
     groups = _task_groups(ctx.tasks)
@@ -144,7 +148,7 @@ def fft(ctx: Context) -> Arrangement:
     return Arrangement(np.lexsort((np.arange(ctx.n), -d)).astype(np.int64), attrs=attrs)
 
 
-@register("coarse", needs_similarity=True)
+@register("coarse", needs_similarity=True, needs_tasks=True)
 def coarse(ctx: Context) -> Arrangement:
     """Coarse-grained (3.2.2): a task is the mean embedding of its items; tasks are ordered by
     their distance to the test set (eq. 13's WSD of the task embeddings by default, the weights
