@@ -333,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="where the ordered rows go (format: by extension .jsonl/.parquet, a trailing / for a "
                         "datasets directory, else TRAIN's)")
-    p.add_argument("--strategy", default="tma", help="any arrangement strategy (default tma)")
-    p.add_argument("--prompt-field", default="prompt", metavar="NAME")
-    p.add_argument("--answer-field", default="answer", metavar="NAME")
+    p.add_argument("--strategy", default="tma",
+                   help="a strategy of the arrange stage (default tma; tma, nft, fft, random, ...)")
+    p.add_argument("--prompt-field", default="prompt", metavar="NAME", help="the prompt column (default prompt)")
+    p.add_argument("--answer-field", default="answer", metavar="NAME",
+                   help="the answer column (default answer); prompt and answer are embedded joined by a space")
     p.add_argument("--text-template", metavar="TEMPLATE",
                    help="the text to embed from any fields, e.g. '{instruction} {input} {output}'")
     p.add_argument("--task-field", metavar="NAME", help="a column naming each row's task (optional)")
