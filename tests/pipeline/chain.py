@@ -56,7 +56,8 @@ def event(kind: str, task: Task, **extra) -> None:
     line = json.dumps({"event": kind, "task": f"{task.stage}/{task.key}/{task.index:05d}", "stage": task.stage,
                        "t": time.time(), "pid": os.getpid(), "rank": task.rank,
                        "node": os.environ.get("SLURMD_NODENAME"), "container": os.environ.get("APPTAINER_CONTAINER"),
-                       "in_image": os.environ.get("HPCGEN_TEST_IN_IMAGE"), **extra}) + "\n"
+                       "in_image": os.environ.get("HPCGEN_TEST_IN_IMAGE"),
+                       "master_port": os.environ.get("MASTER_PORT"), **extra}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())

@@ -74,6 +74,21 @@ def test_local_executor_runs_the_graph_in_order_and_in_parallel(cli, write_exp, 
     assert code == 0 and "prepare/" in out and "done in" in out
 
 
+def test_a_local_task_of_several_processes_gets_a_port_that_was_free(cli, write_exp, events, monkeypatch):
+    # submitit's own choice is random in 20000-60000 (seeded by the job id), where this machine's
+    # outgoing connections take their ports too: a port in use made rank 0 fail and rank 1 wait
+    import hpcgen.pipeline.executors.local as local
+
+    port = local.free_port()
+    monkeypatch.setattr(local, "free_port", lambda: port)
+    path = write_exp("name: ranks\noutput_dir: out\ntrain: {resources: {tasks_per_node: 2, cpus: 1}}\n")
+    code, out, err = cli("submit", path, "--executor", "local", "--until", "train")
+    assert code == 0, out + err
+    train = [e for e in events("start") if e["stage"] == "train"]
+    assert sorted(e["rank"] for e in train) == [0, 1]
+    assert {e["master_port"] for e in train} == {str(port)}
+
+
 def test_resubmit_skips_complete_and_force_recomputes_downstream(cli, write_exp, events, tmp_path):
     path = write_exp(SMALL.replace("sleep: 1.0", "sleep: 0"))
     assert cli("submit", path, "--executor", "debug")[0] == 0

@@ -54,6 +54,13 @@ class _Running:
     said: float = 0.0  # when its progress was last printed (not interactive)
 
 
+def free_port() -> int:
+    """A TCP port no socket of this machine holds now (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
 def logs_command(task_id: str, exp: Experiment) -> str:
     """The ``hpcgen logs`` command line that prints a task's logs, ready to paste into a shell:
     ``hpcgen logs train/3f2a1b2c4d5e6f70/00000 -f m9.yaml`` (with the submit's ``--set``, which
@@ -255,9 +262,15 @@ class LocalExecutor(Executor):
             executors[(batch.stage, python)] = ex
         r = batch.resources
         cpus = min(max(1, os.cpu_count() or 1), r.cpus or 1)
+        setup = thread_setup(str(cpus))
+        if (r.tasks_per_node or 1) > 1:
+            # submitit's default port is drawn at random from 20000-60000, which overlaps the
+            # ephemeral ports of this machine's own connections: a port in use makes rank 0 fail
+            # and the other ranks wait for it. A port free now is far less likely to be taken.
+            setup.append(f"export MASTER_PORT={free_port()}")
         ex.update_parameters(timeout_min=r.time or 60, tasks_per_node=r.tasks_per_node or 1,
                              nodes=1, gpus_per_node=r.gpus or 0,
-                             signal_delay_s=signal_delay(r), setup=thread_setup(str(cpus)))
+                             signal_delay_s=signal_delay(r), setup=setup)
         job = ex.submit(TaskRunner(spec))
         self.record(spec, job.job_id, stdout=job.paths.stdout, stderr=job.paths.stderr)
         return job
