@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from hpcgen.arrangements.tma import DenseDistances, order_from_rounds, tma_rounds
+from hpcgen.pipeline.executors.local import free_port
 from hpcgen.sampler import ArrangedSampler, in_order
 from hpcgen.training.data import Feed
 
@@ -275,12 +275,6 @@ TWO = [case("sequential", "sequential", 3, 1, 4), case("sequential_accum2", "seq
        # without dataloader_drop_last, accelerate fills the last global batch from the start of the order
        case("in_order_no_drop_last", "in_order", 5, 1, epochs=1)]
 CHECKED = TWO[:5]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launch(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:

@@ -300,10 +300,10 @@ def test_on_a_gpu_node_the_plan_asks_for_a_gpu_for_embed(tables, monkeypatch):
     monkeypatch.setattr(standalone, "visible_gpus", lambda: 1)
     train, test = read_table(str(train_file), "TRAIN"), read_table(str(test_file), "TEST")
     fields = standalone.Fields("input", "output")
-    _, graph, _ = standalone.plan_arrangement(train, test, fields, store=base / "store")
+    graph = standalone.plan_arrangement(train, test, fields, store=base / "store").graph
     embed = next(n for n in graph.nodes.values() if n.stage.name == "embed")
     assert embed.resources.gpus == 1 and embed.config.embed.device == "cuda"
-    _, graph, _ = standalone.plan_arrangement(train, test, fields, store=base / "store",
-                                              overrides=["embed.resources.gpus=0", "embed.device=cpu"])
+    graph = standalone.plan_arrangement(train, test, fields, store=base / "store",
+                                        overrides=["embed.resources.gpus=0", "embed.device=cpu"]).graph
     embed = next(n for n in graph.nodes.values() if n.stage.name == "embed")
     assert embed.resources.gpus == 0 and embed.config.embed.device == "cpu"

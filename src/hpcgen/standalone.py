@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from hpcgen.data.tables import HUB, Kind, Table, kind_of_output, read_table, write_table
+from hpcgen.data.tables import HUB, Kind, Table, kind_of_output, ordered_arrow, read_table, write_table
 from hpcgen.errors import ConfigError, HpcgenError
 
 POSITION, ROUND = "hpcgen_position", "hpcgen_round"
@@ -38,11 +38,10 @@ UNCAPPED = 10**12  # per-task caps off: every row of the table is kept
 
 def default_store() -> Path:
     """``$HPCGEN_ARRANGE_STORE``, else ``$XDG_CACHE_HOME/hpcgen/arrange`` (``~/.cache/...``)."""
+    from hpcgen.pipeline.fingerprint import cache_dir
+
     env = os.environ.get("HPCGEN_ARRANGE_STORE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hpcgen" / "arrange"
+    return Path(env).expanduser() if env else cache_dir() / "arrange"
 
 
 def sidecar_path(out: Path) -> Path:
@@ -158,10 +157,20 @@ def experiment_document(train: str, test: str, fields: Fields, strategy: str, mo
     return doc
 
 
+@dataclass
+class Plan:
+    """The experiment ``hpcgen arrange`` planned: its pipeline, its graph up to ``arrange``, its file."""
+
+    exp: Any
+    pipeline: Any
+    graph: Any
+    file: Path
+
+
 def plan_arrangement(train: Table, test: Table, fields: Fields, *, strategy: str = "tma", model: str | None = None,
                      overrides: Sequence[str] = (), store: Path | None = None, executor: str = "local",
-                     device: str = "auto") -> tuple[Any, Any, Path]:
-    """Check the inputs and plan: (the experiment, its graph up to ``arrange``, its file)."""
+                     device: str = "auto") -> Plan:
+    """Check the inputs and plan the experiment (writing only its file into the store)."""
     from hpcgen.config import load_experiment
     from hpcgen.config.identity import short_hash
     from hpcgen.pipeline import executors
@@ -193,7 +202,7 @@ def plan_arrangement(train: Table, test: Table, fields: Fields, *, strategy: str
         raise ConfigError(f"executor {exp.cluster.executor!r} queues the work and returns; hpcgen arrange waits "
                           "for its result", key="cluster.executor", fix="use local or debug (or run the stages "
                           "with hpcgen submit --until arrange)")
-    return exp, build_graph(exp, pipeline).until("arrange"), file
+    return Plan(exp, pipeline, build_graph(exp, pipeline).until("arrange"), file)
 
 
 def run_arrangement(train: Table, test: Table, fields: Fields, *, strategy: str = "tma", model: str | None = None,
@@ -206,16 +215,15 @@ def run_arrangement(train: Table, test: Table, fields: Fields, *, strategy: str 
     from hpcgen.pipeline.fingerprint import content_digest
     from hpcgen.pipeline.store import Store
     from hpcgen.pipeline.submit import submit
-    from hpcgen.stages import default_pipeline
 
-    exp, graph, file = plan_arrangement(train, test, fields, strategy=strategy, model=model, overrides=overrides,
-                                        store=store, executor=executor, device=device)
+    plan = plan_arrangement(train, test, fields, strategy=strategy, model=model, overrides=overrides, store=store,
+                            executor=executor, device=device)
+    exp, graph, file = plan.exp, plan.graph, plan.file
     console = console or Console(stderr=True)
-    pipeline = default_pipeline()
     started = time.perf_counter()
-    code = submit(exp, pipeline, graph, console=console)
-    if code != 0:
-        raise HpcgenError(f"the arrangement's tasks failed (exit {code}); see hpcgen logs TASK -f {file}")
+    code = submit(exp, plan.pipeline, graph, console=console)
+    if code != 0:  # the executor has printed which task failed and the hpcgen logs command for it
+        raise HpcgenError(f"the arrangement's tasks failed (exit {code}): see the failed task's logs above")
     node = next(n for n in graph.nodes.values() if n.stage.name == "arrange")
     st = Store(exp.store)
     arrangement = read_arrangement(st.node_dir("arrange", node.key) / ARRANGEMENT)
@@ -384,8 +392,6 @@ def _plain_types(arrow: Any) -> Any:
 
 def _ordered(data: Any, kind: str, table: Table, order: np.ndarray, extra: dict[str, list[Any]]) -> Any:
     """The rows ``order`` of ``data``, as the same type, with the ``extra`` columns."""
-    import pyarrow as pa
-
     if kind == "records" or (kind == "path" and table.rows is not None):
         rows = data if kind == "records" else table.rows
         assert rows is not None
@@ -400,13 +406,7 @@ def _ordered(data: Any, kind: str, table: Table, order: np.ndarray, extra: dict[
                 ds = ds.remove_columns(k)
             ds = ds.add_column(k, v)
         return ds
-    arrow = data if kind == "arrow" else table.arrow
-    assert arrow is not None
-    arrow = arrow.take(pa.array(order, type=pa.int64()))
-    for k, v in extra.items():
-        if k in arrow.column_names:
-            arrow = arrow.drop_columns([k])
-        arrow = arrow.append_column(k, pa.array(v))
+    arrow = ordered_arrow(data if kind == "arrow" else table.arrow, order.tolist(), extra)
     if kind == "path" and table.kind == "dataset":
         import datasets
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,7 +152,7 @@ def template_fields(template: str, key: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def write_table(table: Table, order: Sequence[int], extra: dict[str, Sequence[Any]], out: Path, kind: Kind) -> None:
+def write_table(table: Table, order: Sequence[int], extra: Mapping[str, Sequence[Any]], out: Path, kind: Kind) -> None:
     """The rows ``order`` of ``table``, in that order, plus the ``extra`` columns, to ``out``."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     _remove(tmp)
@@ -165,11 +165,7 @@ def write_table(table: Table, order: Sequence[int], extra: dict[str, Sequence[An
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         else:
             arrow = table.arrow if table.arrow is not None else pa.Table.from_pylist(list(table.rows or []))
-            arrow = arrow.take(pa.array(order, type=pa.int64()))
-            for name, values in extra.items():
-                if name in arrow.column_names:
-                    arrow = arrow.drop_columns([name])
-                arrow = arrow.append_column(name, pa.array(values))
+            arrow = ordered_arrow(arrow, order, extra)
             if kind == "parquet":
                 pq.write_table(arrow, tmp)
             elif kind == "jsonl":
@@ -184,6 +180,16 @@ def write_table(table: Table, order: Sequence[int], extra: dict[str, Sequence[An
         os.replace(tmp, out)
     finally:
         _remove(tmp)
+
+
+def ordered_arrow(arrow: pa.Table, order: Sequence[int], extra: Mapping[str, Sequence[Any]]) -> pa.Table:
+    """The rows ``order`` of ``arrow`` with the ``extra`` columns (replacing any of that name)."""
+    arrow = arrow.take(pa.array(order, type=pa.int64()))
+    for name, values in extra.items():
+        if name in arrow.column_names:
+            arrow = arrow.drop_columns([name])
+        arrow = arrow.append_column(name, pa.array(values))
+    return arrow
 
 
 def _remove(path: Path) -> None:

@@ -47,9 +47,14 @@ _memo: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256, this process
 _loaded: set[str] = set()  # cache files already merged into _memo
 
 
-def cache_file() -> Path:
+def cache_dir() -> Path:
+    """hpcgen's folder of caches: ``$XDG_CACHE_HOME/hpcgen``, default ``~/.cache/hpcgen``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hpcgen" / CACHE_NAME
+    return Path(base) / "hpcgen"
+
+
+def cache_file() -> Path:
+    return cache_dir() / CACHE_NAME
 
 
 def _ident(path: Path, st: os.stat_result) -> str:
