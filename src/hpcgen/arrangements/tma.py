@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hpcgen.similarity.kernels import TopK, _sortable, candidates
+from hpcgen.similarity.kernels import TopK, _sortable, candidates, stable_order
 
 
 class DistanceSource(Protocol):
@@ -191,7 +191,7 @@ def _top_lists(source, remaining, length, sign, block_rows, stats) -> np.ndarray
     cols = np.concatenate(found_cols).astype(np.int64)
     dist = np.concatenate(found_dist)
     # rows arrive in ascending order, so a stable sort on (column, distance) orders ties by row
-    order = np.argsort((cols.astype(np.uint64) << np.uint64(32)) | _sortable(np, dist), kind="stable")
+    order = stable_order(np, (cols.astype(np.uint64) << np.uint64(32)) | _sortable(np, dist))
     rows, cols = rows[order], cols[order]
     counts = np.bincount(cols, minlength=m)
     width = int(min(max(counts.max(initial=0), 1), 2 * length))

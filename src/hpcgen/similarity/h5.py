@@ -149,9 +149,54 @@ class EmbeddingSet:
     def train(self, lo: int, hi: int) -> np.ndarray:
         return self.rows(lo, hi)
 
+    def _mapped_chunks(self, shard: Shard) -> list[tuple[int, int, np.ndarray]] | None:
+        """(first row, end row, zero-copy view) of every stored chunk of a shard's embeddings, or
+        None where they cannot be mapped (not float32, filtered, or not in the file yet)."""
+        with h5py.File(shard.path, "r") as f:
+            dset = f["embeddings"]
+            if dset.dtype != np.dtype("<f4") or dset.compression or dset.shape[0] == 0:
+                return None
+            n, dim = dset.shape
+            if dset.chunks is None:
+                offset = dset.id.get_offset()
+                spans = [] if offset is None else [(0, n, offset)]
+            else:
+                spans = []
+                for i in range(dset.id.get_num_chunks()):
+                    info = dset.id.get_chunk_info(i)
+                    if info.filter_mask or info.byte_offset is None or info.size != dset.chunks[0] * dim * 4:
+                        return None
+                    start = info.chunk_offset[0]
+                    spans.append((start, min(n, start + dset.chunks[0]), info.byte_offset))
+            if sum(b - a for a, b, _ in spans) != n:
+                return None
+        whole = np.memmap(shard.path, dtype=np.uint8, mode="r")
+        return [(shard.lo + a, shard.lo + b, whole[off:off + (b - a) * dim * 4].view("<f4").reshape(b - a, dim))
+                for a, b, off in sorted(spans)]
+
+    def mapped(self, lo: int, hi: int) -> np.ndarray | None:
+        """Global rows [lo, hi) as a read-only view of the shard file's pages (no copy), when they
+        lie in one stored chunk of an uncompressed float32 shard; else None."""
+        if not hasattr(self, "_maps"):
+            self._maps = {id(s): self._mapped_chunks(s) for s in self.shards}
+        for s in self.shards:
+            if s.lo <= lo < s.hi:
+                for a, b, view in self._maps[id(s)] or ():
+                    if a <= lo and hi <= b:
+                        return view[lo - a:hi - a]
+                return None
+        return None
+
     def train_chunks(self, lo: int, hi: int, chunk: int, slab: int = 32768):
-        """(first row, embeddings) of training rows [lo, hi) in chunks. Slabs of rows are read
-        on a thread one slab ahead, so reading overlaps the computation on the previous slab."""
+        """(first row, embeddings) of training rows [lo, hi) in chunks. Chunks that lie inside
+        one stored chunk of an uncompressed float32 shard (the embed stage's own layout when the
+        compute chunk divides 4,096 rows) are views of the file's pages: no copy, the page cache
+        feeds the GEMM. Otherwise slabs of rows are read on a thread one slab ahead, so reading
+        overlaps the computation on the previous slab."""
+        views = [self.mapped(c, min(hi, c + chunk)) for c in range(lo, hi, chunk)]
+        if views and all(v is not None for v in views):
+            yield from zip(range(lo, hi, chunk), views)
+            return
         slab = max(slab, chunk)
         starts = list(range(lo, hi, slab))
         if not starts:

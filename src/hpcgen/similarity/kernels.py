@@ -14,7 +14,10 @@ distance is ``-cos(a, b)`` (smaller is closer, from -1 to 1); Euclidean distance
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,31 +57,94 @@ def block_distances(xp, rows, test: HeldOut, metric: str, normalized: bool = Tru
 
     ``out``: an (n x m) float32 buffer to reuse for the distances; ``with_aggregates=False``
     returns only the distances (and an empty dict)."""
-    rows = xp.asarray(rows, dtype=xp.float32)
-    sq = (rows * rows).sum(axis=1)
-    if metric == "cosine":
-        unit = rows if normalized else rows / xp.sqrt(sq)[:, None]
-        d = xp.matmul(unit, test.neg_unit_t, out=out)  # -cos(a, b)
-        if not with_aggregates:
-            return d, {}
-        avg = -(unit @ test.mean_unit)  # mean_b -cos(a, b) = -a/|a| . mean(b/|b|)
-        c_norm = float(xp.sqrt((test.mean_unit * test.mean_unit).sum()))
-        agg = {"avg": avg, "centroid": avg / c_norm if c_norm else avg * 0}
-    elif metric == "euclidean":
-        d = xp.matmul(rows, test.t, out=out)
-        d *= -2.0
-        d += sq[:, None]
-        d += test.sq[None, :]
-        xp.maximum(d, 0, out=d)
-        xp.sqrt(d, out=d)
-        if not with_aggregates:
-            return d, {}
-        agg = {"avg": d.mean(axis=1),
-               "centroid": xp.sqrt(xp.maximum(sq + test.centroid_sq - 2.0 * (rows @ test.centroid), 0))}
-    else:
-        raise ValueError(f"unknown metric {metric!r}")
-    agg["min"], agg["max"] = row_min_max(xp, d)
+    d, agg, _ = distance_pass(xp, rows, test, metric, normalized, out=out, with_aggregates=with_aggregates)
     return d, agg
+
+
+def distance_pass(xp, rows, test: HeldOut, metric: str, normalized: bool = True, out=None,
+                  threshold=None, sign: float = 1.0, with_aggregates: bool = True):
+    """``block_distances`` and the top-K candidate test in one pass: (distances, aggregates,
+    ``candidates(d, threshold, sign)`` or None without a threshold).
+
+    On the CPU the block's rows are cut into one part per thread of the task, and each thread
+    runs its part's GEMM (BLAS at one thread) and then everything that reads those distances
+    (the Euclidean epilogue, the row min/max/mean, the candidate test) while they are still in
+    its core's cache: no BLAS thread spins on a core the reductions need, and the distances
+    are not read back from memory once per reduction. Same operations on the same rows as one
+    whole-block call, so the same results."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}")
+    rows = xp.asarray(rows, dtype=xp.float32)
+    n, m = rows.shape[0], test.sq.shape[0]
+    d = xp.empty((n, m), dtype=xp.float32) if out is None else out
+    agg: dict = {}
+    if with_aggregates:
+        agg = {name: xp.empty(n, dtype=xp.float32) for name in AGGREGATES}
+    c_norm = float(xp.sqrt((test.mean_unit * test.mean_unit).sum()))
+
+    def part(lo: int, hi: int):
+        r, p = rows[lo:hi], d[lo:hi]
+        if metric == "cosine":
+            unit = r if normalized else r / xp.sqrt((r * r).sum(axis=1))[:, None]
+            xp.matmul(unit, test.neg_unit_t, out=p)  # -cos(a, b)
+            if with_aggregates:
+                avg = agg["avg"][lo:hi]
+                avg[...] = -(unit @ test.mean_unit)  # mean_b -cos(a, b) = -a/|a| . mean(b/|b|)
+                agg["centroid"][lo:hi] = avg / c_norm if c_norm else 0
+        else:  # ||a - b|| = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))
+            sq = (r * r).sum(axis=1)
+            xp.matmul(r, test.t, out=p)
+            p *= -2.0
+            p += sq[:, None]
+            p += test.sq[None, :]
+            xp.maximum(p, 0, out=p)
+            xp.sqrt(p, out=p)
+            if with_aggregates:
+                xp.mean(p, axis=1, out=agg["avg"][lo:hi])
+                agg["centroid"][lo:hi] = xp.sqrt(xp.maximum(sq + test.centroid_sq - 2.0 * (r @ test.centroid), 0))
+        if with_aggregates:
+            xp.min(p, axis=1, out=agg["min"][lo:hi])
+            xp.max(p, axis=1, out=agg["max"][lo:hi])
+        return None if threshold is None else candidates(xp, p, threshold, sign) + lo * m
+
+    parts = _row_parts(xp, n)
+    if parts is None:
+        flats = [part(0, n)]
+    else:
+        assert _POOL is not None  # _row_parts starts it when it splits the rows
+        with one_blas_thread():
+            flats = list(_POOL.map(lambda bounds: part(*bounds), parts))
+    return d, agg, None if threshold is None else (flats[0] if len(flats) == 1 else xp.concatenate(flats))
+
+
+_BLAS: Any = None  # threadpoolctl's controller of the BLAS libraries loaded, made once
+_BLAS_DEPTH = 0
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS at one thread while ``distance_pass``'s threads each run a part's GEMM (a BLAS pool
+    beside them would oversubscribe the cores). Enter it once around a loop of passes: each
+    change of BLAS's thread count wakes its threads, which then spin for a while on the cores
+    the passes need. Reentrant; only the outermost entry sets and restores."""
+    global _BLAS, _BLAS_DEPTH
+    if _BLAS_DEPTH:
+        _BLAS_DEPTH += 1
+        try:
+            yield
+        finally:
+            _BLAS_DEPTH -= 1
+        return
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        _BLAS_DEPTH = 1
+        try:
+            yield
+        finally:
+            _BLAS_DEPTH = 0
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -95,39 +161,44 @@ def set_threads(threads: int | None) -> None:
     _THREADS = threads
 
 
-def _row_parts(xp, d) -> list[tuple[int, int]] | None:
+def _row_parts(xp, n: int) -> list[tuple[int, int]] | None:
     """Row ranges to spread a pass over CPU threads (NumPy releases the GIL); None: one thread."""
     global _POOL
     workers = _THREADS or os.cpu_count() or 1
-    if xp.__name__ != "numpy" or workers < 2 or d.shape[0] < 64 * workers:
+    if xp.__name__ != "numpy" or workers < 2 or n < 64 * workers:
         return None
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=workers)
-    return [(i * d.shape[0] // workers, (i + 1) * d.shape[0] // workers) for i in range(workers)]
+    return [(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
 
 
-def candidates(xp, d, threshold):
-    """Flat indices of the entries strictly below their column's threshold."""
-    # one thread: splitting this pass over threads measured slower (it contends with BLAS threads)
-    return xp.flatnonzero(d < threshold[None, :])
+_MASKS = threading.local()  # each thread's reused mask buffer (fresh pages would fault on every call)
 
 
-def row_min_max(xp, d):
-    """Per-row min and max, the rows spread over threads on the CPU."""
-    lo_hi = _row_parts(xp, d)
-    if lo_hi is None:
-        return d.min(axis=1), d.max(axis=1)
-    mins = xp.empty(d.shape[0], dtype=d.dtype)
-    maxs = xp.empty(d.shape[0], dtype=d.dtype)
+def candidates(xp, d, threshold, sign: float = 1.0):
+    """Flat indices (ascending) of the entries strictly below their column's threshold
+    (``sign=-1``: of the negated entries, i.e. ``d > -threshold``: negation is exact, so this
+    is the same test).
 
-    def part(bounds):
-        lo, hi = bounds
-        xp.min(d[lo:hi], axis=1, out=mins[lo:hi])
-        xp.max(d[lo:hi], axis=1, out=maxs[lo:hi])
-
-    assert _POOL is not None  # _row_parts starts it when it splits the rows
-    list(_POOL.map(part, lo_hi))
-    return mins, maxs
+    On the CPU the mask is scanned 8 entries at a time (as uint64 words) and only the few
+    nonzero words are expanded: after the first blocks almost no entry is a candidate, and a
+    byte-wise ``flatnonzero`` over the mask would cost more than the comparison itself."""
+    if xp.__name__ != "numpy" or not d.flags.c_contiguous:
+        return xp.flatnonzero(d < threshold[None, :] if sign > 0 else d > -threshold[None, :])
+    size = d.size
+    words = -(-size // 8)
+    buf = getattr(_MASKS, "buf", None)
+    if buf is None or buf.size < words * 8:
+        buf = _MASKS.buf = np.zeros(words * 8, dtype=bool)
+    mask = buf[: words * 8]
+    mask[size:] = False
+    (np.less if sign > 0 else np.greater)(d, threshold[None, :] if sign > 0 else -threshold[None, :],
+                                          out=mask[:size].reshape(d.shape))
+    hit = np.flatnonzero(mask.view(np.uint64))
+    if hit.size == 0:
+        return hit
+    sub = np.flatnonzero(mask.view(np.uint8).reshape(-1, 8)[hit])
+    return hit[sub >> 3] * 8 + (sub & 7)
 
 
 class TopK:
@@ -148,9 +219,15 @@ class TopK:
         self.pending: list[tuple] = []
         self.n_pending = 0
 
-    def update(self, d, first_row) -> None:
+    def threshold(self):
+        """The per-column bound a later row must beat, or None while some column is filling (then
+        ``update`` needs the whole block)."""
+        return None if bool((self.index[-1] < 0).any()) else self.dist[-1].copy()
+
+    def update(self, d, first_row, flat=None) -> None:
         """Offer the rows of block ``d``: ``first_row`` is the global index of its first row (rows
-        consecutive), or an ascending array of the global indices of its rows."""
+        consecutive), or an ascending array of the global indices of its rows. ``flat``: the
+        block's ``candidates`` against ``threshold()``, already computed (``distance_pass``)."""
         xp = self.xp
         ids = None if isinstance(first_row, (int, np.integer)) else first_row
 
@@ -167,7 +244,8 @@ class TopK:
                 flat = xp.arange(d.size)
             self._merge(global_rows(flat // self.m), (flat % self.m).astype(xp.int64), d.ravel()[flat])
             return
-        flat = candidates(xp, d, self.dist[-1])
+        if flat is None:
+            flat = candidates(xp, d, self.dist[-1])
         if flat.shape[0] == 0:
             return
         self.pending.append((global_rows(flat // self.m), flat % self.m, d.ravel()[flat]))
@@ -192,7 +270,8 @@ class TopK:
 
     def _merge(self, rows, cols, dist) -> None:
         xp, k = self.xp, self.k
-        affected = xp.unique(cols)
+        # the columns with candidates, ascending (bincount: a tenth of unique's time on the CPU)
+        affected = xp.flatnonzero(xp.bincount(cols, minlength=self.m)) if xp.__name__ == "numpy" else xp.unique(cols)
         keep_rows = self.index[:, affected].T.ravel()
         keep_dist = self.dist[:, affected].T.ravel()
         keep_cols = xp.broadcast_to(affected[:, None], (affected.shape[0], k)).ravel()
@@ -204,8 +283,7 @@ class TopK:
         # first, per column in rank order, and have smaller rows than any candidate; candidates
         # arrive in ascending row order), so one stable sort on a (column, distance) key orders by
         # row too.
-        key = (all_cols.astype(xp.uint64) << xp.uint64(32)) | _sortable(xp, all_dist)
-        order = xp.argsort(key, kind="stable") if xp.__name__ == "numpy" else xp.argsort(key)
+        order = stable_order(xp, (all_cols.astype(xp.uint64) << xp.uint64(32)) | _sortable(xp, all_dist))
         all_rows, all_cols, all_dist = all_rows[order], all_cols[order], all_dist[order]
         # rank of each entry within its column: its position minus its column's first position
         # (no repeat() with an array of counts: some CuPy 13 releases raise on it)
@@ -214,6 +292,19 @@ class TopK:
         take = rank < k
         self.index[rank[take], all_cols[take]] = all_rows[take]
         self.dist[rank[take], all_cols[take]] = all_dist[take]
+
+
+def stable_order(xp, key):
+    """``argsort(key, kind="stable")``, faster: where no two keys are equal every sort gives the
+    stable order, so NumPy's default (vectorized) sort is tried first and the stable one runs
+    only when a repeated key is found. CuPy's sort is stable already."""
+    if xp.__name__ != "numpy":
+        return xp.argsort(key)
+    order = np.argsort(key)
+    ordered = key[order]
+    if ordered.size > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+        return np.argsort(key, kind="stable")
+    return order
 
 
 def _sortable(xp, values):
@@ -230,3 +321,19 @@ def column_order(xp, dist, index):
     d_sorted = xp.take_along_axis(dist, by_index, axis=0)
     by_dist = xp.argsort(d_sorted, axis=0, **stable)
     return xp.take_along_axis(by_index, by_dist, axis=0)
+
+
+def nearest(xp, train, test: HeldOut, k: int, metric: str = "cosine", normalized: bool = True,
+            chunk_rows: int = 2048):
+    """The ``k`` nearest rows of ``train`` (in memory) to every test column: (index, distance),
+    (k x m), by (distance, row). The similarity stage's top-K without its aggregates or files."""
+    n, m = train.shape[0], test.neg_unit_t.shape[1]
+    top = TopK(xp, min(k, max(n, 1)), m)
+    buffer = xp.empty((min(chunk_rows, max(n, 1)), m), dtype=xp.float32)
+    with one_blas_thread():
+        for lo in range(0, n, chunk_rows):
+            rows = train[lo:lo + chunk_rows]
+            d, _, flat = distance_pass(xp, rows, test, metric, normalized, out=buffer[: rows.shape[0]],
+                                       threshold=top.threshold(), with_aggregates=False)
+            top.update(d, lo, flat)
+        return top.result()

@@ -23,7 +23,7 @@ from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import SectionView, Stage, Task
 from hpcgen.similarity import h5
 from hpcgen.similarity.h5 import EmbeddingSet, block_name, bounds
-from hpcgen.similarity.kernels import AGGREGATES, HeldOut, TopK, block_distances, set_threads
+from hpcgen.similarity.kernels import AGGREGATES, HeldOut, TopK, distance_pass, one_blas_thread, set_threads
 from hpcgen.similarity.xp import array_module, to_numpy
 
 
@@ -47,30 +47,40 @@ def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: Simila
     # covers whole chunks, which HDF5 writes straight through (no read-modify-write in its cache)
     h5_rows = max(1, min(cfg.chunk_rows, n or 1, (2 << 20) // (4 * m)))
     chunk = max(h5_rows, (min(cfg.chunk_rows, max(n, 1)) // h5_rows) * h5_rows)
-    dsets = {}
+    dsets: dict[str, h5py.Dataset] = {}
     if cfg.store_matrix:
         for metric in cfg.metrics:
             dsets[metric] = h5.create_matrix(f, metric, n, m, cfg.dtype, h5_rows)
-    aggs = {metric: {a: np.empty(n, dtype=np.float32) for a in AGGREGATES} for metric in cfg.metrics}
-    tops = {metric: TopK(xp, min(cfg.topk, max(n, 1)), m) for metric in cfg.metrics}
-    # one reused distance buffer: fresh allocations would page-fault on every block. Writes are
-    # synchronous: h5py holds the GIL while writing, so a writer thread only adds contention.
-    buffer = xp.empty((chunk, m), dtype=xp.float32) if n else None
-    for c_lo, rows in emb.train_chunks(lo, hi, chunk):
-        c_hi = c_lo + len(rows)
-        assert buffer is not None  # there are rows to compute only when n > 0
-        for metric in cfg.metrics:
-            d, agg = block_distances(xp, rows, test, metric, emb.normalized, out=buffer[: c_hi - c_lo])
-            for name, values in agg.items():
-                aggs[metric][name][c_lo - lo:c_hi - lo] = to_numpy(values)
-            tops[metric].update(d, c_lo)
-            if cfg.store_matrix:
-                block = to_numpy(d)
-                dsets[metric][c_lo - lo:c_hi - lo] = block if cfg.dtype == "float32" else block.astype(cfg.dtype)
+    aggs: dict[str, dict[str, np.ndarray]] = {metric: {a: np.empty(n, dtype=np.float32) for a in AGGREGATES}
+                                             for metric in cfg.metrics}
+    tops: dict[str, TopK] = {metric: TopK(xp, min(cfg.topk, max(n, 1)), m) for metric in cfg.metrics}
+    with one_blas_thread():
+        _compute_chunks(emb, lo, hi, chunk, cfg, xp, test, aggs, tops, dsets)
     for metric in cfg.metrics:
         index, dist = tops[metric].result()
         h5.write_block_results(f, metric, aggs[metric], to_numpy(index), to_numpy(dist))
     h5.write_block_rows(f, lo, hi)
+
+
+def _compute_chunks(emb: EmbeddingSet, lo: int, hi: int, chunk: int, cfg: SimilarityConfig, xp: ModuleType,
+                    test: HeldOut, aggs: dict[str, dict[str, np.ndarray]], tops: dict[str, TopK],
+                    dsets: dict[str, h5py.Dataset]) -> None:
+    m = emb.n_test
+    # one reused distance buffer: fresh allocations would page-fault on every block. Writes are
+    # synchronous: h5py holds the GIL while writing, so a writer thread only adds contention.
+    buffer = xp.empty((chunk, m), dtype=xp.float32) if hi > lo else None
+    for c_lo, rows in emb.train_chunks(lo, hi, chunk):
+        c_hi = c_lo + len(rows)
+        assert buffer is not None  # there are rows to compute only when n > 0
+        for metric in cfg.metrics:
+            d, agg, flat = distance_pass(xp, rows, test, metric, emb.normalized, out=buffer[: c_hi - c_lo],
+                                         threshold=tops[metric].threshold())
+            for name, values in agg.items():
+                aggs[metric][name][c_lo - lo:c_hi - lo] = to_numpy(values)
+            tops[metric].update(d, c_lo, flat)
+            if cfg.store_matrix:
+                block = to_numpy(d)
+                dsets[metric][c_lo - lo:c_hi - lo] = block if cfg.dtype == "float32" else block.astype(cfg.dtype)
 
 
 class Similarity(Stage):
