@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcgen.arrangements.tma import DenseDistances, TMAStats, order_from_rounds, tma_rounds
+from hpcgen.arrangements.tma import DenseDistances, TMAStats, by_column, order_from_rounds, tma_rounds
 
 
 def reference_tma(d: np.ndarray, farthest: bool = False) -> np.ndarray:
@@ -57,6 +57,53 @@ def test_real_valued_large_matches_reference():
     got = tma_rounds(DenseDistances(d), first_list=4, max_list=16, dense_rows=20, block_rows=64, stats=stats)
     assert (got == reference_tma(d)).all()
     assert stats.passes > 1 and stats.dense_from_round > 0
+
+
+@pytest.mark.parametrize("farthest", [False, True])
+def test_dense_tail_runs_lists_in_memory_and_stays_exact(monkeypatch, farthest):
+    """Above the argmin size the in-memory tail runs the same lists-and-pointers rounds on the
+    held distances (a nested pass with its own dense tail): still Algorithm 1 exactly."""
+    import hpcgen.arrangements.tma as tma
+
+    monkeypatch.setattr(tma, "_ARGMIN_ROWS", 7)
+    calls = []
+    nested = tma.tma_rounds
+
+    def counting(source, **kw):
+        calls.append(source.n_train)
+        return nested(source, **kw)
+
+    monkeypatch.setattr(tma, "tma_rounds", counting)
+    rng = np.random.default_rng(5)
+    for trial in range(10):
+        n, m = int(rng.integers(20, 60)), int(rng.integers(2, 7))
+        d = rng.integers(0, 5, size=(n, m)).astype(np.float32)
+        got = nested(DenseDistances(d), farthest=farthest, first_list=2, max_list=4, block_rows=4, dense_rows=30)
+        assert (got == reference_tma(d, farthest)).all(), (trial, n, m)
+    assert calls and max(calls) <= 30  # the nested runs were over the in-memory tail only
+
+
+@pytest.mark.parametrize("n", [50, 2**24, 2**30])  # one packed key; beyond 32 bits of row and column: argsort
+def test_by_column_orders_by_column_distance_row(n):
+    rng = np.random.default_rng(n)
+    size, m = 3000, 9
+    rows = np.sort(rng.integers(0, n, size)).astype(np.int32)
+    cols = rng.integers(0, m, size).astype(np.uint16)
+    dist = (rng.integers(-3, 4, size) / 2).astype(np.float32)  # many ties, negatives, zeros
+    dist[::7] = -0.0  # equal to 0.0: ordered by row like any other tie
+    expect = np.lexsort((rows, dist, cols))
+    got_rows, got_cols = by_column(rows, cols, dist.copy(), n, m)
+    assert np.array_equal(got_rows, rows[expect]) and np.array_equal(got_cols, cols[expect])
+
+
+def test_large_ids_and_bounded_lists():
+    """Lists are capped by max_entries // N_test whatever first_list asks for."""
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=(500, 40)).astype(np.float32)
+    stats = TMAStats()
+    got = tma_rounds(DenseDistances(d), first_list=10**6, max_list=10**6, max_entries=400, dense_rows=10, stats=stats)
+    assert (got == reference_tma(d)).all()
+    assert stats.max_list <= 2 * 400 // 40 and stats.passes > 1
 
 
 matrices = st.integers(1, 30).flatmap(lambda n: st.integers(1, 8).flatmap(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpcgen.errors import ConfigError
-from hpcgen.similarity.kernels import HeldOut, TopK, block_distances
+from hpcgen.similarity.kernels import HeldOut, TopK, block_distances, candidates, distance_pass
 from hpcgen.similarity.measures import bigram_kl, bigrams, item_interval_curve, set_distance, wsd
 from hpcgen.similarity.xp import array_module, gpu_available
 
@@ -97,3 +97,40 @@ def test_set_distance_between_two_record_sets():
     assert abs(set_distance(a, b, agg="wsd", w_avg=0.5) - (ref["min"] + 0.5 * ref["avg"]).mean()) < 1e-6
     _, ref_e = reference(a.astype(np.float32), b.astype(np.float32), "euclidean")
     assert abs(set_distance(a, b, metric="euclidean", agg="centroid") - ref_e["centroid"].mean()) < 1e-5
+
+
+@pytest.mark.parametrize("density", [0.0, 1e-4, 0.01, 0.5])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_candidates_equal_flatnonzero_in_both_signs(density, sparse):
+    rng = np.random.default_rng(3)
+    d = rng.random((131, 37), dtype=np.float32)  # 4,847 entries: not a multiple of 8
+    thr = np.full(37, density, dtype=np.float32)
+    expect = np.flatnonzero(d < thr)
+    assert np.array_equal(candidates(np, d, thr, sparse=sparse), expect)
+    assert np.array_equal(candidates(np, -d, thr, -1.0, sparse=sparse), expect)  # -(-d) < thr
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
+    """Parts spread over threads (BLAS at one thread) give the whole-block results."""
+    import hpcgen.similarity.kernels as kernels
+
+    rng = np.random.default_rng(4)
+    train, test = rng.normal(size=(700, 16)).astype(np.float32), rng.normal(size=(23, 16)).astype(np.float32)
+    held = HeldOut.build(np, test)
+    thr = np.full(23, np.quantile(block_distances(np, train, held, metric, False)[0], 0.05), dtype=np.float32)
+    monkeypatch.setattr(kernels, "_row_parts", lambda xp, n: None)
+    d1, agg1, flat1 = distance_pass(np, train, held, metric, False, threshold=thr)
+    monkeypatch.undo()
+    kernels.set_threads(2)
+    monkeypatch.setattr(kernels, "PART_ROWS", 100)  # 8 parts on 2 threads
+    try:
+        d2, agg2, flat2 = distance_pass(np, train, held, metric, False, threshold=thr)
+        rows, cols, values = distance_pass(np, train, held, metric, False, threshold=thr, entries=True)[2]
+    finally:
+        kernels.set_threads(None)
+    np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-5)
+    for name in agg1:
+        np.testing.assert_allclose(agg2[name], agg1[name], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(flat2, np.flatnonzero(d2 < thr))
+    assert np.array_equal(rows * 23 + cols, flat2) and np.array_equal(values, d2.ravel()[flat2])

@@ -87,14 +87,22 @@ class TMAStats:
     seconds: float = 0.0
 
 
-def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: int = 1024, max_list: int = 8192,
-               block_rows: int = 4096, dense_rows: int = 32768, stats: TMAStats | None = None) -> np.ndarray:
-    """The round of every training row under Algorithm 1 (int32, one per row)."""
+def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: int = 8192, max_list: int = 16384,
+               block_rows: int = 4096, dense_rows: int = 32768, max_entries: int = 10_000_000,
+               stats: TMAStats | None = None) -> np.ndarray:
+    """The round of every training row under Algorithm 1 (int32, one per row).
+
+    ``first_list``/``max_list``: the list length of the first refill pass and the most any
+    pass uses (each pass doubles it), both capped at ``max_entries`` / N_test so the lists and
+    the pass's candidates stay bounded in memory. ``dense_rows``: rows left when the last
+    rounds run on their distances held in memory."""
     t_start = time.perf_counter()
     n, m = source.n_train, source.n_test
     if m == 0:
         raise ValueError("TMA needs at least one test item")
     stats = stats if stats is not None else TMAStats()
+    cap = max(1, max_entries // m)
+    first_list, max_list = max(1, min(first_list, cap)), max(1, min(max_list, cap))
     sign = np.float32(-1.0 if farthest else 1.0)  # farthest picks: nearest under the negated distance
     round_of = np.full(n, -1, dtype=np.int32)
     taken = np.zeros(n, dtype=bool)
@@ -108,24 +116,14 @@ def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: in
         if n - n_taken <= dense_rows:
             stats.dense_from_round = r
             t0 = time.perf_counter()
-            r = _dense_tail(source, np.flatnonzero(~taken), round_of, r, sign, block_rows)
+            r = _dense_tail(source, np.flatnonzero(~taken), round_of, r, farthest, block_rows)
             stats.dense_seconds += time.perf_counter() - t0
             break
         # a round: every column's first free row in its list
         need_pass = lists.shape[1] == 0
         if not need_pass:
             cur = lists[cols, ptr]
-            busy = (cur < 0) | taken[cur]
-            while busy.any():
-                if (cur[busy] < 0).any():
-                    need_pass = True
-                    break
-                ptr[busy] += 1
-                if (ptr >= lists.shape[1]).any():
-                    need_pass = True
-                    break
-                cur = lists[cols, ptr]
-                busy = (cur < 0) | taken[cur]
+            need_pass = _advance(lists, ptr, cur, taken)
         if need_pass:
             remaining = np.flatnonzero(~taken)
             if remaining.size <= dense_rows:
@@ -147,6 +145,55 @@ def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: in
     stats.rounds = r
     stats.seconds = time.perf_counter() - t_start
     return round_of
+
+
+#: list entries a busy column looks at in its first step past rows taken by other columns
+_STEP = 16
+
+
+def _advance(lists: np.ndarray, ptr: np.ndarray, cur: np.ndarray, taken: np.ndarray) -> bool:
+    """Move every column whose pointed row is taken to its next free row (``ptr`` and ``cur``
+    in place). True where some column ran past its list (a refill pass is needed).
+
+    Only the busy columns are touched, ``_STEP`` entries in the first step and four times more
+    in each next one: late rounds skip long runs of rows that other columns took, and one entry
+    per step would cost a NumPy call each."""
+    width = lists.shape[1]
+    busy = np.flatnonzero((cur < 0) | taken[np.maximum(cur, 0)])
+    if (cur[busy] < 0).any():
+        return True
+    look = _STEP
+    while busy.size:
+        at = ptr[busy, None] + 1 + np.arange(look)  # the next entries of each busy column
+        seg = np.where(at < width, lists[busy[:, None], np.minimum(at, width - 1)], -1)
+        stop = (seg < 0) | ~taken[np.maximum(seg, 0)]  # a free row, or the list's end
+        found = stop.any(axis=1)
+        first = stop.argmax(axis=1)
+        done, where = busy[found], first[found]
+        ptr[done] += 1 + where
+        cur[done] = seg[found, where]
+        if (cur[done] < 0).any():
+            return True
+        busy = busy[~found]
+        ptr[busy] += look
+        look *= 4  # the columns still busy are in long runs of taken rows
+    return False
+
+
+def scan(source: DistanceSource, rows: np.ndarray, threshold: np.ndarray, sign: float, block_rows: int):
+    """(row ids, columns, values) per block of the entries of ``sign * d`` strictly below their
+    column's threshold, in ascending row order: the source's own fused pass where it has one
+    (``scan``)."""
+    own = getattr(source, "scan", None)
+    if own is not None:
+        yield from own(rows, threshold, sign, block_rows)
+        return
+    m = source.n_test
+    for ids, d in source.blocks(rows, block_rows):
+        flat = candidates(np, d, threshold, sign)
+        values = d.ravel()[flat]
+        yield ids[flat // m], (flat % m).astype(np.uint16 if m <= 2**16 else np.int64), \
+            values if sign > 0 else -values
 
 
 def _top_lists(source, remaining, length, sign, block_rows, stats) -> np.ndarray:
@@ -178,28 +225,31 @@ def _top_lists(source, remaining, length, sign, block_rows, stats) -> np.ndarray
         # contiguous: a strided threshold makes the broadcast compare below several times slower
         threshold = np.ascontiguousarray(np.partition(ds, rank, axis=1)[:, rank])
         del ds
+    row_type = np.int32 if source.n_train < 2**31 else np.int64
     found_rows, found_cols, found_dist = [], [], []
-    for ids, d in source.blocks(remaining, block_rows):
-        if sign < 0:
-            d = -d
-        flat = candidates(np, d, threshold)
-        found_rows.append(ids[flat // m])
-        found_cols.append(flat % m)
-        found_dist.append(d.ravel()[flat])
-        stats.rows_scanned += len(ids)
-    rows = np.concatenate(found_rows).astype(np.int64)
-    cols = np.concatenate(found_cols).astype(np.int64)
+    for got_rows, got_cols, values in scan(source, remaining, threshold, sign, block_rows):
+        found_rows.append(got_rows.astype(row_type, copy=False))
+        found_cols.append(got_cols)
+        found_dist.append(values)
+    stats.rows_scanned += n_rem
+    # one list at a time, freed at once: a pass's candidates are its largest arrays
+    rows = np.concatenate(found_rows)
+    del found_rows
+    cols = np.concatenate(found_cols)
+    del found_cols
     dist = np.concatenate(found_dist)
-    # rows arrive in ascending order, so a stable sort on (column, distance) orders ties by row
-    order = stable_order(np, (cols.astype(np.uint64) << np.uint64(32)) | _sortable(np, dist))
-    rows, cols = rows[order], cols[order]
+    del found_dist
+    rows, cols = by_column(rows, cols, dist, source.n_train, m)
+    del dist
     counts = np.bincount(cols, minlength=m)
+    del cols
     width = int(min(max(counts.max(initial=0), 1), 2 * length))
-    lists = np.full((m, width), -1, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank_in_col = np.arange(rows.size) - np.repeat(starts, counts)
-    keep = rank_in_col < width
-    lists[cols[keep], rank_in_col[keep]] = rows[keep]
+    lists = np.full((m, width), -1, dtype=row_type)
+    start = 0
+    for j, count in enumerate(counts.tolist()):  # each column's entries are one run: slice copies
+        lists[j, :min(count, width)] = rows[start:start + min(count, width)]
+        start += count
+    del rows
     empty = np.flatnonzero(counts == 0)
     if empty.size:  # ties at the threshold: these columns get their exact top rows the slow way
         top = TopK(np, min(length, n_rem), empty.size)
@@ -211,11 +261,59 @@ def _top_lists(source, remaining, length, sign, block_rows, stats) -> np.ndarray
     return lists
 
 
-def _dense_tail(source, remaining, round_of, r, sign, block_rows) -> int:
-    """The last rounds in memory: distances of the remaining rows, held transposed (one
-    contiguous row per test column) so each round is a fast argmin along rows; taken rows are
-    set to +inf and squeezed out once half of them are gone."""
+def _sortable_key(dist: np.ndarray) -> np.ndarray:
+    """uint64 keys whose low 32 bits order as the float32 ``dist`` (``_sortable`` without its
+    temporaries: negatives flipped whole, the rest get the sign bit). ``dist`` is changed in
+    place (-0.0 to 0.0)."""
+    dist += np.float32(0)  # -0.0 becomes 0.0: equal distances must get equal keys
+    bits = dist.view(np.uint32)
+    flip = (dist.view(np.int32) >> np.int32(31)).view(np.uint32)  # all ones for negatives
+    flip |= np.uint32(0x80000000)
+    flip ^= bits
+    return flip.astype(np.uint64)
+
+
+def by_column(rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the entries ordered by (column, distance, row).
+
+    Where column, distance and row fit one 64-bit key (N_test * N_train <= 2^32), one plain
+    sort of the keys does it and rows and columns are read back from them: no argsort and no
+    gathers. Otherwise a stable argsort of (column, distance) keys, rows arriving in ascending
+    order."""
+    row_bits, col_bits = max(1, int(n - 1).bit_length()), max(1, int(m - 1).bit_length())
+    if row_bits + col_bits > 32:
+        order = stable_order(np, (cols.astype(np.uint64) << np.uint64(32)) | _sortable(np, dist))
+        return rows[order], cols[order]
+    key = _sortable_key(dist)
+    key <<= np.uint64(row_bits)
+    key |= rows.astype(np.uint64)
+    key |= cols.astype(np.uint64) << np.uint64(32 + row_bits)
+    key.sort()
+    out_cols = (key >> np.uint64(32 + row_bits)).astype(cols.dtype)
+    key &= np.uint64((1 << row_bits) - 1)
+    return key.astype(rows.dtype), out_cols
+
+
+#: where the in-memory tail is small enough that each round is one argmin per column over it
+_ARGMIN_ROWS = 4096
+
+
+def _dense_tail(source, remaining, round_of, r, farthest, block_rows) -> int:
+    """The last rounds in memory: the distances of the remaining rows are computed once and
+    held; over more than ``_ARGMIN_ROWS`` rows the same lists-and-pointers rounds run on them
+    (refill passes now read memory, no GEMM), below it each round is an argmin per column."""
     m = source.n_test
+    if remaining.size > _ARGMIN_ROWS:
+        d = np.empty((remaining.size, m), dtype=np.float32)
+        pos = 0
+        for ids, block in source.blocks(remaining, block_rows):
+            d[pos:pos + len(ids)] = block
+            pos += len(ids)
+        sub = tma_rounds(DenseDistances(d), farthest=farthest, first_list=1024, max_list=8192, block_rows=block_rows,
+                         dense_rows=_ARGMIN_ROWS)
+        round_of[remaining] = r + sub
+        return r + int(sub.max()) + 1
+    sign = np.float32(-1.0 if farthest else 1.0)
     d = np.empty((m, remaining.size), dtype=np.float32)
     pos = 0
     for ids, block in source.blocks(remaining, block_rows):

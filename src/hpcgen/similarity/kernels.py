@@ -62,9 +62,10 @@ def block_distances(xp, rows, test: HeldOut, metric: str, normalized: bool = Tru
 
 
 def distance_pass(xp, rows, test: HeldOut, metric: str, normalized: bool = True, out=None,
-                  threshold=None, sign: float = 1.0, with_aggregates: bool = True):
+                  threshold=None, sign: float = 1.0, with_aggregates: bool = True, entries: bool = False):
     """``block_distances`` and the top-K candidate test in one pass: (distances, aggregates,
-    ``candidates(d, threshold, sign)`` or None without a threshold).
+    ``candidates(d, threshold, sign)`` or None without a threshold). ``entries``: the candidates
+    as (row in the block, column, distance) arrays instead, split on the pass's threads too.
 
     On the CPU the block's rows are cut into one part per thread of the task, and each thread
     runs its part's GEMM (BLAS at one thread) and then everything that reads those distances
@@ -105,16 +106,25 @@ def distance_pass(xp, rows, test: HeldOut, metric: str, normalized: bool = True,
         if with_aggregates:
             xp.min(p, axis=1, out=agg["min"][lo:hi])
             xp.max(p, axis=1, out=agg["max"][lo:hi])
-        return None if threshold is None else candidates(xp, p, threshold, sign) + lo * m
+        if threshold is None:
+            return None
+        flat = candidates(xp, p, threshold, sign, sparse=not entries)
+        if entries:
+            return flat // m + lo, (flat % m).astype(xp.uint16 if m <= 2**16 else xp.int64), p.ravel()[flat]
+        return flat + lo * m
 
     parts = _row_parts(xp, n)
     if parts is None:
-        flats = [part(0, n)]
+        found = [part(0, n)]
     else:
         assert _POOL is not None  # _row_parts starts it when it splits the rows
         with one_blas_thread():
-            flats = list(_POOL.map(lambda bounds: part(*bounds), parts))
-    return d, agg, None if threshold is None else (flats[0] if len(flats) == 1 else xp.concatenate(flats))
+            found = list(_POOL.map(lambda bounds: part(*bounds), parts))
+    if threshold is None:
+        return d, agg, None
+    if entries:
+        return d, agg, tuple(xp.concatenate([f[i] for f in found]) for i in range(3))
+    return d, agg, found[0] if len(found) == 1 else xp.concatenate(found)
 
 
 _BLAS: Any = None  # threadpoolctl's controller of the BLAS libraries loaded, made once
@@ -161,29 +171,36 @@ def set_threads(threads: int | None) -> None:
     _THREADS = threads
 
 
+#: the most rows of one part of a CPU pass: 1,024 x 1,121 float32 distances (4.6 MB) are read
+#: back by the reductions while still in cache; bigger blocks are cut into more parts
+PART_ROWS = 1024
+
+
 def _row_parts(xp, n: int) -> list[tuple[int, int]] | None:
-    """Row ranges to spread a pass over CPU threads (NumPy releases the GIL); None: one thread."""
+    """Row ranges to spread a pass over CPU threads (NumPy releases the GIL): one per thread,
+    more when a part would exceed ``PART_ROWS``; None: one thread."""
     global _POOL
     workers = _THREADS or os.cpu_count() or 1
     if xp.__name__ != "numpy" or workers < 2 or n < 64 * workers:
         return None
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=workers)
-    return [(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
+    parts = workers * max(1, -(-n // (workers * PART_ROWS)))
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
 _MASKS = threading.local()  # each thread's reused mask buffer (fresh pages would fault on every call)
 
 
-def candidates(xp, d, threshold, sign: float = 1.0):
+def candidates(xp, d, threshold, sign: float = 1.0, sparse: bool = True):
     """Flat indices (ascending) of the entries strictly below their column's threshold
     (``sign=-1``: of the negated entries, i.e. ``d > -threshold``: negation is exact, so this
     is the same test).
 
-    On the CPU the mask is scanned 8 entries at a time (as uint64 words) and only the few
-    nonzero words are expanded: after the first blocks almost no entry is a candidate, and a
-    byte-wise ``flatnonzero`` over the mask would cost more than the comparison itself."""
-    if xp.__name__ != "numpy" or not d.flags.c_contiguous:
+    ``sparse`` (on the CPU): the mask is scanned 8 entries at a time (as uint64 words) and
+    only the nonzero words are expanded, faster where almost no entry is a candidate (top-K
+    after its first blocks), slower where many are (a TMA pass collecting about 1 %)."""
+    if xp.__name__ != "numpy" or not d.flags.c_contiguous or not sparse:
         return xp.flatnonzero(d < threshold[None, :] if sign > 0 else d > -threshold[None, :])
     size = d.size
     words = -(-size // 8)
@@ -194,7 +211,7 @@ def candidates(xp, d, threshold, sign: float = 1.0):
     mask[size:] = False
     (np.less if sign > 0 else np.greater)(d, threshold[None, :] if sign > 0 else -threshold[None, :],
                                           out=mask[:size].reshape(d.shape))
-    hit = np.flatnonzero(mask.view(np.uint64))
+    hit = np.flatnonzero(mask.view(np.uint64) != 0)  # != 0 first: NumPy's nonzero is fast on bools
     if hit.size == 0:
         return hit
     sub = np.flatnonzero(mask.view(np.uint8).reshape(-1, 8)[hit])
@@ -295,21 +312,29 @@ class TopK:
 
 
 def stable_order(xp, key):
-    """``argsort(key, kind="stable")``, faster: where no two keys are equal every sort gives the
-    stable order, so NumPy's default (vectorized) sort is tried first and the stable one runs
-    only when a repeated key is found. CuPy's sort is stable already."""
+    """``argsort(key, kind="stable")``, faster on the CPU: NumPy's default (vectorized) sort,
+    then each run of equal keys put back in ascending position, which is what a stable sort
+    gives. CuPy's sort is stable already."""
     if xp.__name__ != "numpy":
         return xp.argsort(key)
     order = np.argsort(key)
     ordered = key[order]
-    if ordered.size > 1 and bool((ordered[1:] == ordered[:-1]).any()):
-        return np.argsort(key, kind="stable")
+    equal = ordered[1:] == ordered[:-1]
+    if not equal.any():
+        return order
+    in_run = np.zeros(order.size, dtype=bool)
+    in_run[1:] |= equal
+    in_run[:-1] |= equal
+    at = np.flatnonzero(in_run)
+    run = np.cumsum(np.concatenate([[True], ~equal]))[at]  # which run of equal keys
+    tied = order[at]
+    order[at] = tied[np.lexsort((tied, run))]
     return order
 
 
 def _sortable(xp, values):
     """float32 -> uint64 holding a uint32 whose unsigned order is the float order."""
-    bits = values.astype(xp.float32).view(xp.uint32)
+    bits = (values.astype(xp.float32) + xp.float32(0)).view(xp.uint32)  # + 0: -0.0 sorts as 0.0
     flipped = xp.where(bits >> 31 == 1, ~bits, bits | xp.uint32(0x80000000))
     return flipped.astype(xp.uint64)
 

@@ -31,7 +31,7 @@ from hpcgen.contracts import upstream_error
 from hpcgen.errors import ConfigError
 from hpcgen.pipeline.stage import SectionView, Stage, Task
 from hpcgen.similarity.h5 import SimilarityNode, block_name
-from hpcgen.similarity.kernels import HeldOut, block_distances, set_threads
+from hpcgen.similarity.kernels import HeldOut, block_distances, distance_pass, one_blas_thread, set_threads
 from hpcgen.similarity.measures import (
     EMBEDDING_MEASURES,
     MEASURES,
@@ -41,6 +41,7 @@ from hpcgen.similarity.measures import (
     submatrix_curves,
     wsd,
 )
+from hpcgen.similarity.xp import array_module, to_numpy
 
 Measure = Literal["cosine_min", "cosine_max", "cosine_avg", "cosine_centroid", "euclidean_min", "euclidean_max",
                   "euclidean_avg", "euclidean_centroid", "bigram_kl"]
@@ -106,12 +107,16 @@ class ArrangeConfig(StageConfig):
 
 @dataclass
 class EmbeddingDistances:
-    """Distances recomputed from the embeddings with the similarity stage's kernel."""
+    """Distances recomputed from the embeddings with the similarity stage's kernel, on ``xp``:
+    NumPy, or CuPy with ``train`` and ``test`` on the GPU (the GEMM and the candidate test of each
+    refill pass there; what comes back to the host is only the candidates, the rounds run on the
+    CPU)."""
 
-    train: np.ndarray
+    train: Any
     test: HeldOut
     metric: str
     normalized: bool
+    xp: Any = np
 
     @property
     def n_train(self) -> int:
@@ -121,13 +126,35 @@ class EmbeddingDistances:
     def n_test(self) -> int:
         return int(self.test.sq.shape[0])
 
+    def _rows(self, ids: np.ndarray) -> Any:
+        if len(ids) and ids[-1] - ids[0] + 1 == len(ids):  # contiguous: a view, no copy
+            return self.train[int(ids[0]):int(ids[-1]) + 1]
+        return self.train[ids if self.xp is np else self.xp.asarray(ids)]
+
     def blocks(self, rows: np.ndarray, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        buf = np.empty((min(block_rows, max(len(rows), 1)), self.n_test), dtype=np.float32)
+        xp = self.xp
+        buf = xp.empty((min(block_rows, max(len(rows), 1)), self.n_test), dtype=xp.float32)
         for lo in range(0, len(rows), block_rows):
             ids = rows[lo:lo + block_rows]
-            d, _ = block_distances(np, self.train[ids], self.test, self.metric, self.normalized, out=buf[: len(ids)],
+            d, _ = block_distances(xp, self._rows(ids), self.test, self.metric, self.normalized, out=buf[: len(ids)],
                                    with_aggregates=False)
-            yield ids, d
+            yield ids, to_numpy(d)
+
+    def scan(self, rows: np.ndarray, threshold: np.ndarray, sign: float,
+             block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(row ids, columns, values) of the entries of ``sign * d`` strictly below their
+        column's threshold, block by block: the distances and the test in one fused pass."""
+        xp = self.xp
+        buf = xp.empty((min(block_rows, max(len(rows), 1)), self.n_test), dtype=xp.float32)
+        bound = xp.asarray(threshold)
+        with one_blas_thread():
+            for lo in range(0, len(rows), block_rows):
+                ids = rows[lo:lo + block_rows]
+                _, _, found = distance_pass(xp, self._rows(ids), self.test, self.metric, self.normalized,
+                                            out=buf[: len(ids)], threshold=bound, sign=sign, with_aggregates=False,
+                                            entries=True)
+                local, cols, values = (to_numpy(a) for a in found)
+                yield ids[local], cols, values if sign > 0 else -values
 
 
 class Arrange(Stage):
@@ -237,7 +264,9 @@ class Arrange(Stage):
                 if stored is not None:
                     return DenseDistances(stored)
             emb = sim.embeddings()
-            return EmbeddingDistances(emb.train, HeldOut.build(np, emb.test), p.metric, emb.normalized)
+            xp = array_module("auto")  # CuPy where the task has a GPU: the refill passes' GEMM runs there
+            return EmbeddingDistances(xp.asarray(emb.train), HeldOut.build(xp, emb.test), p.metric, emb.normalized,
+                                      xp)
 
         def task_distance(groups: list[np.ndarray], attrs: dict[str, Any] | None = None) -> np.ndarray:
             emb = sim.embeddings()
