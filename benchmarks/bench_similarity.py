@@ -8,8 +8,9 @@ HDF5 write against the disk.
 
 Embeddings are random unit vectors written as an embed shard, so the stage's own reader is used.
 Each measurement runs in a fresh process; peak memory is that process's max RSS. Rates are
-compared in one process, the runs interleaved (GEMM, stage, GEMM, stage, ...) and the best of
-each kept, so a busy neighbour on a shared machine slows both sides alike.
+compared in one process, the runs interleaved (GEMM, stage, stage, GEMM, ...) with a pause
+before each and the best of each kept, so a busy neighbour on a shared machine slows both sides
+alike.
 
 FAISS (``pip install faiss-cpu``, the ``bench`` extra) runs ``faiss.knn`` with the same threads
 and k on the same unit vectors (inner product, the negated cosine distance). Its wheel bundles
@@ -121,12 +122,16 @@ def similarity_seconds(folder: Path, n_train: int, store: bool, chunk: int) -> t
     return elapsed, size
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every function, run in turn ``repeats`` times."""
+def interleaved(fns: dict, repeats: int, pause: float = 0.2) -> dict[str, list[float]]:
+    """Seconds of every function, run in turn ``repeats`` times, the order reversed every other
+    round and a pause before each run: idle thread pools (OpenMP's, OpenBLAS's) spin for a
+    while after a call, and neither side should start while the other's threads still spin."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(fn())
+    names = list(fns)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            time.sleep(pause)
+            times[name].append(fns[name]())
     return times
 
 
@@ -226,7 +231,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=1121)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--chunk", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved runs of each side; the best counts")
+    p.add_argument("--repeats", type=int, default=15, help="interleaved runs of each side; the best counts")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="FAISS's OpenMP threads")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--child")

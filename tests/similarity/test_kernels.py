@@ -112,7 +112,8 @@ def test_candidates_equal_flatnonzero_in_both_signs(density, sparse):
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
-    """Parts spread over threads (BLAS at one thread) give the whole-block results."""
+    """Parts spread over threads (BLAS at one thread), their reductions in sub-blocks, give the
+    whole-block results."""
     import hpcgen.similarity.kernels as kernels
 
     rng = np.random.default_rng(4)
@@ -120,10 +121,12 @@ def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
     held = HeldOut.build(np, test)
     thr = np.full(23, np.quantile(block_distances(np, train, held, metric, False)[0], 0.05), dtype=np.float32)
     monkeypatch.setattr(kernels, "_row_parts", lambda xp, n: None)
+    monkeypatch.setattr(kernels, "SUB_ROWS", 10**9)
     d1, agg1, flat1 = distance_pass(np, train, held, metric, False, threshold=thr)
     monkeypatch.undo()
     kernels.set_threads(2)
     monkeypatch.setattr(kernels, "PART_ROWS", 100)  # 8 parts on 2 threads
+    monkeypatch.setattr(kernels, "SUB_ROWS", 30)  # each part's reductions in 3 sub-blocks
     try:
         d2, agg2, flat2 = distance_pass(np, train, held, metric, False, threshold=thr)
         rows, cols, values = distance_pass(np, train, held, metric, False, threshold=thr, entries=True)[2]

@@ -105,7 +105,7 @@ def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: in
     first_list, max_list = max(1, min(first_list, cap)), max(1, min(max_list, cap))
     sign = np.float32(-1.0 if farthest else 1.0)  # farthest picks: nearest under the negated distance
     round_of = np.full(n, -1, dtype=np.int32)
-    taken = np.zeros(n, dtype=bool)
+    taken = np.zeros(n + 1, dtype=bool)  # taken[n]: never; a list's -1 reads it, so -1 looks free
     r = 0
     cols = np.arange(m)
     lists = np.empty((m, 0), dtype=np.int64)
@@ -116,7 +116,7 @@ def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: in
         if n - n_taken <= dense_rows:
             stats.dense_from_round = r
             t0 = time.perf_counter()
-            r = _dense_tail(source, np.flatnonzero(~taken), round_of, r, farthest, block_rows)
+            r = _dense_tail(source, np.flatnonzero(~taken[:n]), round_of, r, farthest, block_rows)
             stats.dense_seconds += time.perf_counter() - t0
             break
         # a round: every column's first free row in its list
@@ -125,23 +125,22 @@ def tma_rounds(source: DistanceSource, *, farthest: bool = False, first_list: in
             cur = lists[cols, ptr]
             need_pass = _advance(lists, ptr, cur, taken)
         if need_pass:
-            remaining = np.flatnonzero(~taken)
+            remaining = np.flatnonzero(~taken[:n])
             if remaining.size <= dense_rows:
                 continue
             t0 = time.perf_counter()
             lists = _top_lists(source, remaining, min(length, remaining.size), sign, block_rows, stats)
             stats.pass_seconds += time.perf_counter() - t0
-            stats.max_list = max(stats.max_list, lists.shape[1])
+            stats.max_list = max(stats.max_list, lists.shape[1] - 1)
             if (lists[:, 0] < 0).any():
                 raise RuntimeError("a column got no candidates from a refill pass")
             length = min(max_list, length * 2)
             ptr[:] = 0
             continue  # the lists hold only free rows: the round starts over on them
-        picked = np.unique(cur)
-        taken[picked] = True
-        round_of[picked] = r
+        taken[cur] = True  # the union of the picks (no unique(): the count says how many were new)
+        round_of[cur] = r
         r += 1
-        n_taken += picked.size
+        n_taken = int(np.count_nonzero(taken))
     stats.rounds = r
     stats.seconds = time.perf_counter() - t_start
     return round_of
@@ -153,25 +152,27 @@ _STEP = 16
 
 def _advance(lists: np.ndarray, ptr: np.ndarray, cur: np.ndarray, taken: np.ndarray) -> bool:
     """Move every column whose pointed row is taken to its next free row (``ptr`` and ``cur``
-    in place). True where some column ran past its list (a refill pass is needed).
+    in place). True where some column ran past its list (a refill pass is needed). ``lists``
+    end in a column of -1 and ``taken[-1]`` is False, so -1 reads as free and stops a column.
 
     Only the busy columns are touched, ``_STEP`` entries in the first step and four times more
     in each next one: late rounds skip long runs of rows that other columns took, and one entry
     per step would cost a NumPy call each."""
-    width = lists.shape[1]
-    busy = np.flatnonzero((cur < 0) | taken[np.maximum(cur, 0)])
-    if (cur[busy] < 0).any():
+    if (cur < 0).any():
         return True
+    width = lists.shape[1]
+    flat = lists.ravel()
+    busy = np.flatnonzero(taken[cur])
     look = _STEP
     while busy.size:
-        at = ptr[busy, None] + 1 + np.arange(look)  # the next entries of each busy column
-        seg = np.where(at < width, lists[busy[:, None], np.minimum(at, width - 1)], -1)
-        stop = (seg < 0) | ~taken[np.maximum(seg, 0)]  # a free row, or the list's end
+        at = np.minimum(ptr[busy, None] + 1 + np.arange(look), width - 1)  # the next entries, at most the -1
+        seg = flat[busy[:, None] * width + at]
+        stop = ~taken[seg]  # a free row, or the list's end
         found = stop.any(axis=1)
         first = stop.argmax(axis=1)
-        done, where = busy[found], first[found]
-        ptr[done] += 1 + where
-        cur[done] = seg[found, where]
+        done = busy[found]
+        ptr[done] = at[found, first[found]]
+        cur[done] = seg[found, first[found]]
         if (cur[done] < 0).any():
             return True
         busy = busy[~found]
@@ -244,7 +245,7 @@ def _top_lists(source, remaining, length, sign, block_rows, stats) -> np.ndarray
     counts = np.bincount(cols, minlength=m)
     del cols
     width = int(min(max(counts.max(initial=0), 1), 2 * length))
-    lists = np.full((m, width), -1, dtype=row_type)
+    lists = np.full((m, width + 1), -1, dtype=row_type)  # + a column of -1: every list ends in one
     start = 0
     for j, count in enumerate(counts.tolist()):  # each column's entries are one run: slice copies
         lists[j, :min(count, width)] = rows[start:start + min(count, width)]

@@ -175,27 +175,37 @@ class EmbeddingSet:
                 for a, b, off in sorted(spans)]
 
     def mapped(self, lo: int, hi: int) -> np.ndarray | None:
-        """Global rows [lo, hi) as a read-only view of the shard file's pages (no copy), when they
-        lie in one stored chunk of an uncompressed float32 shard; else None."""
+        """Global rows [lo, hi) from the shard files' pages: a read-only view (no copy) where they
+        lie in one stored chunk, else the pieces joined (one copy, no HDF5 call); None where a
+        shard cannot be mapped (not uncompressed float32)."""
         if not hasattr(self, "_maps"):
-            self._maps = {id(s): self._mapped_chunks(s) for s in self.shards}
-        for s in self.shards:
-            if s.lo <= lo < s.hi:
-                for a, b, view in self._maps[id(s)] or ():
-                    if a <= lo and hi <= b:
-                        return view[lo - a:hi - a]
+            self._maps = [(s, self._mapped_chunks(s)) for s in self.shards]
+        pieces = []
+        for s, chunks in self._maps:
+            if s.hi <= lo or s.lo >= hi:
+                continue
+            if chunks is None:
                 return None
-        return None
+            for a, b, view in chunks:
+                if a < hi and lo < b:
+                    pieces.append(view[max(lo, a) - a:min(hi, b) - a])
+        if sum(len(p) for p in pieces) != hi - lo:
+            return None
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def train_chunks(self, lo: int, hi: int, chunk: int, slab: int = 32768):
-        """(first row, embeddings) of training rows [lo, hi) in chunks. Chunks that lie inside
-        one stored chunk of an uncompressed float32 shard (the embed stage's own layout when the
-        compute chunk divides 4,096 rows) are views of the file's pages: no copy, the page cache
-        feeds the GEMM. Otherwise slabs of rows are read on a thread one slab ahead, so reading
-        overlaps the computation on the previous slab."""
-        views = [self.mapped(c, min(hi, c + chunk)) for c in range(lo, hi, chunk)]
-        if views and all(v is not None for v in views):
-            yield from zip(range(lo, hi, chunk), views)
+        """(first row, embeddings) of training rows [lo, hi) in chunks. Uncompressed float32
+        shards (the embed stage's own) are read from the file's pages: a chunk inside one stored
+        chunk is a view (no copy), one across two is joined from their views. Otherwise slabs of
+        rows are read on a thread one slab ahead, so reading overlaps the computation on the
+        previous slab."""
+        first = self.mapped(lo, min(hi, lo + chunk)) if hi > lo else None
+        if first is not None:
+            yield lo, first
+            for c in range(lo + chunk, hi, chunk):
+                rows = self.mapped(c, min(hi, c + chunk))
+                assert rows is not None  # every shard maps once the first chunk did
+                yield c, rows
             return
         slab = max(slab, chunk)
         starts = list(range(lo, hi, slab))

@@ -47,6 +47,8 @@ def compute_block(emb: EmbeddingSet, f: h5py.File, lo: int, hi: int, cfg: Simila
     # covers whole chunks, which HDF5 writes straight through (no read-modify-write in its cache)
     h5_rows = max(1, min(cfg.chunk_rows, n or 1, (2 << 20) // (4 * m)))
     chunk = max(h5_rows, (min(cfg.chunk_rows, max(n, 1)) // h5_rows) * h5_rows)
+    if not cfg.store_matrix:  # nothing written by rows: the compute chunk as asked
+        chunk = max(1, min(cfg.chunk_rows, n or 1))
     dsets: dict[str, h5py.Dataset] = {}
     if cfg.store_matrix:
         for metric in cfg.metrics:
