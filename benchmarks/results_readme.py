@@ -229,7 +229,9 @@ def _faiss(d: dict) -> str:
             f"{sec(d['topk_faiss_s'])} ({d['topk_threads']} threads, FAISS {d['topk_faiss_best']}): "
             f"{ratio(d['topk_vs_faiss'])}x FAISS's speed ({check(d, 'topk_vs_faiss', d['topk_vs_faiss'], FAISS)}; "
             f"{runs}); GEMM and stage interleaved {d['repeats']} times, per-run ratios "
-            f"{', '.join(ratio(x) for x in d['similarity_without_matrix_vs_gemm_per_run'])}")
+            f"{', '.join(ratio(x) for x in d['similarity_without_matrix_vs_gemm_per_run'])}"
+            + (f" (median {ratio(d['similarity_without_matrix_vs_gemm_per_run_median'])})"
+               if "similarity_without_matrix_vs_gemm_per_run_median" in d else ""))
 
 
 def embed(d: dict) -> Row:

@@ -96,7 +96,7 @@ def test_by_column_orders_by_column_distance_row(n):
     assert np.array_equal(got_rows, rows[expect]) and np.array_equal(got_cols, cols[expect])
 
 
-def test_large_ids_and_bounded_lists():
+def test_lists_are_capped_by_max_entries():
     """Lists are capped by max_entries // N_test whatever first_list asks for."""
     rng = np.random.default_rng(2)
     d = rng.normal(size=(500, 40)).astype(np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpcgen.errors import ConfigError
-from hpcgen.similarity.kernels import HeldOut, TopK, block_distances, candidates, distance_pass
+from hpcgen.similarity.kernels import HeldOut, TopK, block_distances, candidates, distance_pass, stable_order
 from hpcgen.similarity.measures import bigram_kl, bigrams, item_interval_curve, set_distance, wsd
 from hpcgen.similarity.xp import array_module, gpu_available
 
@@ -112,8 +112,7 @@ def test_candidates_equal_flatnonzero_in_both_signs(density, sparse):
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
-    """Parts spread over threads (BLAS at one thread), their reductions in sub-blocks, give the
-    whole-block results."""
+    """Parts spread over threads (BLAS at one thread) give the whole-block results."""
     import hpcgen.similarity.kernels as kernels
 
     rng = np.random.default_rng(4)
@@ -121,12 +120,10 @@ def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
     held = HeldOut.build(np, test)
     thr = np.full(23, np.quantile(block_distances(np, train, held, metric, False)[0], 0.05), dtype=np.float32)
     monkeypatch.setattr(kernels, "_row_parts", lambda xp, n: None)
-    monkeypatch.setattr(kernels, "SUB_ROWS", 10**9)
     d1, agg1, flat1 = distance_pass(np, train, held, metric, False, threshold=thr)
     monkeypatch.undo()
     kernels.set_threads(2)
     monkeypatch.setattr(kernels, "PART_ROWS", 100)  # 8 parts on 2 threads
-    monkeypatch.setattr(kernels, "SUB_ROWS", 30)  # each part's reductions in 3 sub-blocks
     try:
         d2, agg2, flat2 = distance_pass(np, train, held, metric, False, threshold=thr)
         rows, cols, values = distance_pass(np, train, held, metric, False, threshold=thr, entries=True)[2]
@@ -137,3 +134,9 @@ def test_distance_pass_in_parts_equals_one_call(monkeypatch, metric):
         np.testing.assert_allclose(agg2[name], agg1[name], rtol=1e-5, atol=1e-5)
     assert np.array_equal(flat2, np.flatnonzero(d2 < thr))
     assert np.array_equal(rows * 23 + cols, flat2) and np.array_equal(values, d2.ravel()[flat2])
+
+
+@pytest.mark.parametrize("distinct", [3, 50, 10**6])  # mostly ties, some, almost none
+def test_stable_order_is_numpys_stable_argsort(distinct):
+    key = np.random.default_rng(distinct).integers(0, distinct, 20_000).astype(np.uint64)
+    assert np.array_equal(stable_order(np, key), np.argsort(key, kind="stable"))

@@ -33,6 +33,7 @@ that join the blocks and the embedding shards without copying (paths relative to
 
 from __future__ import annotations
 
+import bisect
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -178,17 +179,18 @@ class EmbeddingSet:
         """Global rows [lo, hi) from the shard files' pages: a read-only view (no copy) where they
         lie in one stored chunk, else the pieces joined (one copy, no HDF5 call); None where a
         shard cannot be mapped (not uncompressed float32)."""
-        if not hasattr(self, "_maps"):
-            self._maps = [(s, self._mapped_chunks(s)) for s in self.shards]
+        if not hasattr(self, "_chunks"):
+            maps = [self._mapped_chunks(s) for s in self.shards if s.hi > s.lo]
+            self._chunks = None if any(c is None for c in maps) else [c for m in maps for c in m or ()]
+            self._starts = [a for a, _, _ in self._chunks or ()]
+        if self._chunks is None:
+            return None
         pieces = []
-        for s, chunks in self._maps:
-            if s.hi <= lo or s.lo >= hi:
-                continue
-            if chunks is None:
-                return None
-            for a, b, view in chunks:
-                if a < hi and lo < b:
-                    pieces.append(view[max(lo, a) - a:min(hi, b) - a])
+        for a, b, view in self._chunks[max(0, bisect.bisect_right(self._starts, lo) - 1):]:
+            if a >= hi:
+                break
+            if lo < b:
+                pieces.append(view[max(lo, a) - a:min(hi, b) - a])
         if sum(len(p) for p in pieces) != hi - lo:
             return None
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)

@@ -81,9 +81,7 @@ def distance_pass(xp, rows, test: HeldOut, metric: str, normalized: bool = True,
     agg: dict = {}
     if with_aggregates:
         agg = {name: xp.empty(n, dtype=xp.float32) for name in AGGREGATES}
-    c_norm = float(xp.sqrt((test.mean_unit * test.mean_unit).sum()))
-
-    step = SUB_ROWS if xp.__name__ == "numpy" else max(n, 1)
+    c_norm = float(xp.sqrt((test.mean_unit * test.mean_unit).sum())) if with_aggregates and metric == "cosine" else 0
 
     def finish(lo: int, hi: int, sq):
         """Everything that reads the distances of rows [lo, hi), while they are in cache."""
@@ -121,15 +119,7 @@ def distance_pass(xp, rows, test: HeldOut, metric: str, normalized: bool = True,
             xp.matmul(r, test.t, out=d[lo:hi])
             if with_aggregates:
                 agg["centroid"][lo:hi] = xp.sqrt(xp.maximum(sq + test.centroid_sq - 2.0 * (r @ test.centroid), 0))
-        # in sub-blocks that fit the core's L2 cache: the first read brings a sub-block in, the
-        # other reductions of it hit the cache
-        got = [finish(a, min(hi, a + step), None if sq is None else sq[a - lo:min(hi, a + step) - lo])
-               for a in range(lo, hi, step)]
-        if threshold is None:
-            return None
-        if entries:
-            return tuple(xp.concatenate([g[i] for g in got]) for i in range(3)) if len(got) > 1 else got[0]
-        return xp.concatenate(got) if len(got) > 1 else got[0]
+        return finish(lo, hi, sq)
 
     parts = _row_parts(xp, n)
     if parts is None:
@@ -188,10 +178,6 @@ def set_threads(threads: int | None) -> None:
         _POOL = None
     _THREADS = threads
 
-
-#: rows of a sub-block that the reductions after a part's GEMM read together: 256 x 1,121 float32
-#: (1.1 MB) stays in a core's L2 cache (2 MB here) between the min, the max and the candidate test
-SUB_ROWS = 256
 
 #: the most rows of one part of a CPU pass: 1,024 x 1,121 float32 distances (4.6 MB) are read
 #: back by the reductions while still in cache; bigger blocks are cut into more parts
